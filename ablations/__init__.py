@@ -1,0 +1,1 @@
+"""The Hydra sweep harness: ``python -m ablations.train -m downsample=... model=... seed=...``."""
