@@ -22,7 +22,9 @@ class DataNotFoundError(FileNotFoundError):
     """A dataset is not where the configuration says; the message says what to do."""
 
 
-def load_digits(train: bool = True, size: int = 32, channels: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+def load_digits(
+    train: bool = True, size: int = 32, channels: int = 3
+) -> tuple[torch.Tensor, torch.Tensor]:
     """scikit-learn's bundled handwritten digits (1,797 real 8x8 scans), resized; no download.
 
     The split is fixed: every fifth image (by index) is test, giving 1,437 train / 360 test.
@@ -66,7 +68,9 @@ def image_folder_files(root: str | os.PathLike) -> tuple[list[Path], list[int], 
         files += found
         labels += [index] * len(found)
     if not files:
-        raise DataNotFoundError(f"image folder {str(root)!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        raise DataNotFoundError(
+            f"image folder {str(root)!r} holds no images ({', '.join(IMAGE_SUFFIXES)})"
+        )
     return files, labels, classes
 
 

@@ -61,7 +61,9 @@ class PoolSpec:
         if self.kernel_size < 1 or self.stride < 1 or self.padding < 0:
             raise ValueError(f"invalid pooling geometry {self}")
         if 2 * self.padding > self.kernel_size:
-            raise ValueError(f"pooling padding {self.padding} exceeds half the kernel {self.kernel_size}")
+            raise ValueError(
+                f"pooling padding {self.padding} exceeds half the kernel {self.kernel_size}"
+            )
 
 
 def check_sequence(x: torch.Tensor, where: str = "input") -> None:
@@ -80,8 +82,13 @@ class ConvBN(nn.Module):
     ) -> None:
         super().__init__()
         self.conv = layer.Conv2d(
-            in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2,
-            bias=False, step_mode="m",
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=kernel_size // 2,
+            bias=False,
+            step_mode="m",
         )
         self.bn = layer.BatchNorm2d(out_channels, step_mode="m")
 
@@ -177,8 +184,11 @@ class AvgPoolLIF(DownsampleSite):
 
     def _make_pool(self, spec: PoolSpec) -> nn.Module:
         return layer.AvgPool2d(
-            spec.kernel_size, spec.stride, spec.padding,
-            count_include_pad=spec.count_include_pad, step_mode="m",
+            spec.kernel_size,
+            spec.stride,
+            spec.padding,
+            count_include_pad=spec.count_include_pad,
+            step_mode="m",
         )
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
