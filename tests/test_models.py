@@ -1,0 +1,174 @@
+"""Every backbone x every downsampling variant: shapes, backward, state reset, variant isolation,
+sites, and the reference parameter counts (spec section 3) to the integer."""
+
+from __future__ import annotations
+
+import fnmatch
+
+import pytest
+import torch
+from spikingjelly.activation_based import functional
+
+from gradprobe.downsample import DownsampleSite, list_downsamples
+from gradprobe.models import create_model, list_models
+
+VARIANTS = list_downsamples()
+
+# Tiny sizes per family: enough for a 2x2 token grid, fast on CPU.
+TINY = {
+    "spikformer_*_cifar": dict(embed_dim=16, num_heads=2, depth=1, img_size=8),
+    "spikformer_*": dict(embed_dim=16, num_heads=2, depth=1, img_size=32),
+    "spikingformer_*_cifar": dict(embed_dim=16, num_heads=2, depth=1, img_size=8),
+    "spikingformer_*": dict(embed_dim=16, num_heads=2, depth=1, img_size=32),
+}
+
+# Documented downsampling sites, in forward order.
+SITES = {
+    "spik*former_*_cifar": ["stem.stages.stage3", "stem.stages.stage4"],
+    "spik*former_*": [f"stem.stages.stage{i}" for i in (1, 2, 3, 4)],
+}
+
+# (model, num_classes, parameters, of which unused in forward): spec section 3.
+REFERENCE_PARAMS = [
+    ("spikformer_4_384_cifar", 10, 9_330_874, 6_144),
+    ("spikformer_4_384_cifar", 100, 9_365_524, 6_144),
+    ("spikformer_4_256_cifar", 10, 4_159_274, 4_096),
+    ("spikformer_4_256_cifar", 100, 4_182_404, 4_096),
+    ("spikformer_2_384_cifar", 10, 5_768_122, 3_072),
+    ("spikformer_2_384_cifar", 100, 5_802_772, 3_072),
+    ("spikingformer_4_384_cifar", 10, 9_326_266, 6_144),
+    ("spikingformer_4_384_cifar", 100, 9_360_916, 6_144),
+    ("spikingformer_4_256_cifar", 10, 4_156_202, 4_096),
+    ("spikingformer_4_256_cifar", 100, 4_179_332, 4_096),
+    ("spikingformer_2_384_cifar", 10, 5_765_818, 3_072),
+    ("spikingformer_2_384_cifar", 100, 5_800_468, 3_072),
+    ("spikformer_8_384_imagenet", 1000, 16_828_312, 12_288),
+    ("spikformer_8_512_imagenet", 1000, 29_705_768, 16_384),
+    ("spikformer_8_768_imagenet", 1000, 66_363_208, 24_576),
+    ("spikingformer_8_384_imagenet", 1000, 16_828_312, 12_288),
+    ("spikingformer_8_512_imagenet", 1000, 29_705_768, 16_384),
+    ("spikingformer_8_768_imagenet", 1000, 66_363_208, 24_576),
+    ("spikingformer_2_256_dvs", 10, 2_568_714, 2_048),
+    ("spikingformer_2_256_dvs", 11, 2_568_971, 2_048),
+    ("spikformer_2_256_dvs", 10, 2_585_610, 18_944),
+]
+
+
+def _lookup(table: dict, name: str):
+    for pattern, value in table.items():
+        if fnmatch.fnmatchcase(name, pattern):
+            return value
+    raise KeyError(f"no entry for {name}")
+
+
+def tiny(name: str, downsample: str, **kwargs) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return create_model(name, downsample=downsample, **{**_lookup(TINY, name), **kwargs})
+
+
+def tiny_input(model, batch: int = 2) -> torch.Tensor:
+    shape = (batch, model.in_channels, model.img_size, model.img_size)
+    if model.in_channels == 2:  # event frames [B, T, C, H, W]
+        return (torch.rand(batch, model.T, *shape[1:]) < 0.3).float()
+    return torch.rand(shape)
+
+
+def test_registry_lists_every_family() -> None:
+    names = list_models()
+    for family in ("spikformer", "spikingformer"):
+        for size in (
+            "4_256_cifar",
+            "2_384_cifar",
+            "4_384_cifar",
+            "8_384_imagenet",
+            "8_512_imagenet",
+            "8_768_imagenet",
+            "2_256_dvs",
+        ):
+            assert f"{family}_{size}" in names
+    assert list_models("spikingformer*") == [n for n in names if n.startswith("spikingformer")]
+
+
+@pytest.mark.parametrize("downsample", VARIANTS)
+@pytest.mark.parametrize(("name", "num_classes", "params", "unused"), REFERENCE_PARAMS)
+def test_reference_parameter_counts(name, num_classes, params, unused, downsample) -> None:
+    with torch.device("meta"):
+        model = create_model(name, num_classes=num_classes, downsample=downsample)
+    assert sum(p.numel() for p in model.parameters()) == params
+    assert sum(p.numel() for _, p in model.unused_parameters()) == unused
+    with torch.device("meta"):
+        lean = create_model(
+            name, num_classes=num_classes, downsample=downsample, legacy_params=False
+        )
+    assert sum(p.numel() for p in lean.parameters()) == params - unused
+
+
+@pytest.mark.parametrize("downsample", VARIANTS)
+@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("T", [1, 2])
+def test_forward_backward_shape(name, downsample, T) -> None:
+    model = tiny(name, downsample, T=T, num_classes=5)
+    assert (model.T, model.downsample) == (T, downsample)
+    x = tiny_input(model)
+    out = model(x)
+    assert out.shape == (2, 5)
+    assert model.forward_timesteps(x).shape == (T, 2, 5)
+    out.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("downsample", VARIANTS)
+@pytest.mark.parametrize("name", list_models())
+def test_two_steps_with_reset(name, downsample) -> None:
+    model = tiny(name, downsample, T=2, num_classes=3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(2):
+        opt.zero_grad()
+        functional.reset_net(model)
+        torch.nn.functional.cross_entropy(model(tiny_input(model)), torch.tensor([0, 2])).backward()
+        opt.step()
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_variant_switch_changes_only_the_sites(name) -> None:
+    shapes = {}
+    for downsample in VARIANTS:
+        model = tiny(name, downsample)
+        shapes[downsample] = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        sites = model.downsample_sites()
+        assert list(sites) == _lookup(SITES, name)
+        assert all(type(s).variant == downsample for s in sites.values())
+        assert all(isinstance(s, DownsampleSite) for s in sites.values())
+    reference = shapes[VARIANTS[0]]
+    assert all(s == reference for s in shapes.values())
+
+
+@pytest.mark.parametrize("name", list_models("spik*former_*"))
+def test_unused_parameters_get_no_gradient(name) -> None:
+    model = tiny(name, "maxpool_lif", T=2)
+    model(tiny_input(model)).sum().backward()
+    unused = {n for n, _ in model.unused_parameters()}
+    assert unused
+    for n, p in model.named_parameters():
+        assert (p.grad is None) == (n in unused), n
+
+
+def test_spikingformer_dvs_tau_follows_reference() -> None:
+    assert tiny("spikingformer_2_256_dvs", "lif_maxpool").neuron.tau == 1.5
+    assert tiny("spikingformer_2_256_dvs", "maxpool_lif").neuron.tau == 1.75
+    assert tiny("spikingformer_2_256_dvs", "maxpool_lif", tau=1.5).neuron.tau == 1.5
+    assert tiny("spikformer_2_256_dvs", "maxpool_lif").neuron.tau == 2.0
+
+
+def test_attention_lif_threshold() -> None:
+    model = tiny("spikformer_4_384_cifar", "lif_maxpool", attn_threshold=0.25)
+    assert model.blocks[0].attn.attn_lif.v_threshold == 0.25
+    assert model.blocks[0].attn.q_lif.v_threshold == 1.0
+
+
+def test_impossible_sizes_are_rejected() -> None:
+    with pytest.raises(ValueError, match=r"img_size 100 .* multiple of 16"):
+        create_model("spikformer_2_256_dvs", img_size=100)
+    model = tiny("spikformer_4_384_cifar", "lif_maxpool")
+    with pytest.raises(ValueError, match="multiples of 4"):
+        model(torch.rand(1, 3, 10, 10))
