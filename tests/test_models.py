@@ -20,12 +20,21 @@ TINY = {
     "spikformer_*": dict(embed_dim=16, num_heads=2, depth=1, img_size=32),
     "spikingformer_*_cifar": dict(embed_dim=16, num_heads=2, depth=1, img_size=8),
     "spikingformer_*": dict(embed_dim=16, num_heads=2, depth=1, img_size=32),
+    "spikeformer_imagenet": dict(embed_dim=16, num_heads=2, depth=1, img_size=32),
+    "spikeformer_*": dict(embed_dim=16, num_heads=2, depth=1, img_size=16),
+    "spiking_resnet19_cifar": dict(width=4, layers=(2, 2, 1), fc_hidden=8, img_size=8),
 }
 
 # Documented downsampling sites, in forward order.
 SITES = {
-    "spik*former_*_cifar": ["stem.stages.stage3", "stem.stages.stage4"],
-    "spik*former_*": [f"stem.stages.stage{i}" for i in (1, 2, 3, 4)],
+    "spikformer_*_cifar": ["stem.stages.stage3", "stem.stages.stage4"],
+    "spikingformer_*_cifar": ["stem.stages.stage3", "stem.stages.stage4"],
+    "spikformer_*": [f"stem.stages.stage{i}" for i in (1, 2, 3, 4)],
+    "spikingformer_*": [f"stem.stages.stage{i}" for i in (1, 2, 3, 4)],
+    "spikeformer_dvs_cifar10": ["tokenizer.0.conv1", "tokenizer.2.conv1", "tokenizer.4.conv1"],
+    "spikeformer_dvs_gesture": ["tokenizer.0.conv1", "tokenizer.1.conv1", "tokenizer.2.conv1"],
+    "spikeformer_imagenet": [f"tokenizer.{i}.conv1" for i in (0, 2, 4, 6)],
+    "spiking_resnet19_cifar": ["layer2.0.conv1", "layer3.0.conv1"],
 }
 
 # (model, num_classes, parameters, of which unused in forward): spec section 3.
@@ -53,6 +62,9 @@ REFERENCE_PARAMS = [
     ("spikformer_2_256_dvs", 10, 2_585_610, 18_944),
 ]
 
+# Not in spec section 3: TET's ResNet-19 layout counted by hand (the paper's "12.63M").
+RESNET19_PARAMS = [(10, 12_630_858), (100, 12_653_988)]
+
 
 def _lookup(table: dict, name: str):
     for pattern, value in table.items():
@@ -75,6 +87,10 @@ def tiny_input(model, batch: int = 2) -> torch.Tensor:
 
 def test_registry_lists_every_family() -> None:
     names = list_models()
+    assert {"spikeformer_dvs_cifar10", "spikeformer_dvs_gesture", "spikeformer_imagenet"} <= set(
+        names
+    )
+    assert "spiking_resnet19_cifar" in names
     for family in ("spikformer", "spikingformer"):
         for size in (
             "4_256_cifar",
@@ -101,6 +117,24 @@ def test_reference_parameter_counts(name, num_classes, params, unused, downsampl
             name, num_classes=num_classes, downsample=downsample, legacy_params=False
         )
     assert sum(p.numel() for p in lean.parameters()) == params - unused
+
+
+@pytest.mark.parametrize("downsample", VARIANTS)
+@pytest.mark.parametrize(("num_classes", "params"), RESNET19_PARAMS)
+def test_resnet19_parameter_count(num_classes, params, downsample) -> None:
+    with torch.device("meta"):
+        model = create_model(
+            "spiking_resnet19_cifar", num_classes=num_classes, downsample=downsample
+        )
+    assert sum(p.numel() for p in model.parameters()) == params
+
+
+def test_native_variant_defaults() -> None:
+    for name in list_models():
+        expected = (
+            "strided_conv" if name.startswith(("spikeformer", "spiking_resnet")) else "lif_maxpool"
+        )
+        assert create_model(name, **_lookup(TINY, name)).downsample == expected, name
 
 
 @pytest.mark.parametrize("downsample", VARIANTS)
@@ -141,9 +175,17 @@ def test_variant_switch_changes_only_the_sites(name) -> None:
         assert all(isinstance(s, DownsampleSite) for s in sites.values())
     reference = shapes[VARIANTS[0]]
     assert all(s == reference for s in shapes.values())
+    # weights move between variants unchanged (strict load)
+    tiny(name, "maxpool_lif").load_state_dict(tiny(name, "lif_maxpool").state_dict())
 
 
-@pytest.mark.parametrize("name", list_models("spik*former_*"))
+def test_spikeformer_resizes_its_temporal_embedding() -> None:
+    model = tiny("spikeformer_dvs_gesture", "strided_conv", T=2)
+    frames = (torch.rand(2, 3, 2, 16, 16) < 0.3).float()  # 3 frames into a T=2 model
+    assert model.forward_timesteps(frames).shape == (3, 2, 11)
+
+
+@pytest.mark.parametrize("name", list_models("spikformer_*") + list_models("spikingformer_*"))
 def test_unused_parameters_get_no_gradient(name) -> None:
     model = tiny(name, "maxpool_lif", T=2)
     model(tiny_input(model)).sum().backward()
