@@ -1,0 +1,637 @@
+"""Gradient-landing probes: where does each pooling window route its gradient in x?
+
+The paper's claim (sections 3.1-3.2) is about one thing: for every downsampling site, timestep
+and pooling window, which element of the pre-spike map x (the BN output that feeds the neuron)
+receives the window's gradient. ConvBN-LIF-MaxPool routes it to the first spiking position of
+the window, eq. (7); ConvBN-MaxPool-LIF (CML) routes it to the argmax of x, eq. (11). A `Probe`
+measures this during ordinary forward/backward passes of any ``nn.Module``.
+
+Metrics, per site x timestep, over the pooling windows that routed a non-zero gradient (the
+gradient arriving at the pool's output, ``dL/dy``, is non-zero; a window that routes nothing
+cannot route it imprecisely, and counting it would dilute the measure with windows that do not
+train anything):
+
+``precision``
+    Fraction of those windows whose *landing* (the position the pool's backward sends the
+    window's gradient to: max-pool indices over the map the pool sees, with PyTorch's
+    first-index tie rule) equals the window's argmax of x (first index on exact ties).
+    ``lif_maxpool`` pools spikes, so its landing is eq. (7)'s; ``maxpool_lif`` pools x, so its
+    precision is 1 by eq. (11). ``avgpool_lif`` has no single landing (the window's gradient is
+    spread over every position), so precision is NaN; read ``mass_at_argmax`` instead.
+``mass_at_argmax``
+    Mean over those windows of the share of the window's routed |gradient| that lands on the
+    argmax of x: 1 or 0 per window for max-pools (so it equals precision), and for average
+    pools ``1 / n`` with ``n`` the window's real (non-padding) positions: 1/9 for interior
+    3x3 windows, whatever ``count_include_pad`` says, because every real position gets the
+    same ``dL/dy / divisor``.
+``tie_rate``
+    Fraction of those windows whose maximum, in the map the pool sees, is attained at more
+    than one position: for max over binary spikes that is "several spikes or none", the case
+    where eq. (7)'s first-index rule decides; for pools over x it counts exact ties of x.
+``spike_rate``
+    Mean output of the site's neuron at that timestep (all neurons, all samples).
+``windows`` / ``windows_total``
+    Windows that routed a non-zero gradient (the denominator above) / all windows.
+``grad_abs_mean``
+    Mean |dL/dx| over the map, the real gradient autograd delivers to x.
+
+``strided_conv`` (and any site without a pool) has no window: the conv producing x already
+downsamples and every position of x routes only its own gradient, so there is no choice of
+position to measure. Precision, mass and tie rate are NaN, ``windows`` is 0; spike rate and
+``grad_abs_mean`` are reported.
+
+Hooks follow captum's pattern: a forward hook saves a module's output, registers
+``Tensor.register_hook`` on it and hands a clone downstream, so in-place ops after the site
+cannot change what was saved or break the hook (``register_full_backward_hook`` does break).
+Outputs and gradients are unchanged, since a clone is the identity in value and in backward.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from gradprobe.downsample import DownsampleSite
+from gradprobe.neuron import is_spiking_neuron
+
+FRAME_COLUMNS = [
+    "step",
+    "site",
+    "variant",
+    "t",
+    "precision",
+    "mass_at_argmax",
+    "tie_rate",
+    "spike_rate",
+    "windows",
+    "windows_total",
+    "grad_abs_mean",
+]
+POOLS = (nn.MaxPool2d, nn.AvgPool2d)
+_TRANSPARENT = (nn.Identity, nn.Dropout, nn.Dropout2d)
+
+
+@dataclass(frozen=True)
+class Site:
+    """The modules of one downsampling site.
+
+    Attributes:
+        name: Qualified name of the module holding the site.
+        bn: Module whose output is the pre-spike map x.
+        neuron: The spiking neuron x reaches.
+        pool: The 2x pooling module, ``None`` for strided convs.
+        variant: Registry name for our own sites; ``None`` for foreign ones, whose label is
+            read from the order their hooks fire in (e.g. ``"maxpool_lif"``).
+    """
+
+    name: str
+    bn: nn.Module
+    neuron: nn.Module
+    pool: nn.Module | None
+    variant: str | None = None
+
+
+def _leaves(module: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:
+    # Neurons and our sites are units: their children (surrogates, conv/bn/pool) are not leaves.
+    out = []
+    for name, child in module.named_children():
+        full = f"{prefix}.{name}" if prefix else name
+        if (
+            is_spiking_neuron(child)
+            or isinstance(child, DownsampleSite)
+            or not any(child.children())
+        ):
+            out.append((full, child))
+        else:
+            out += _leaves(child, full)
+    return out
+
+
+def _common_prefix(names: list[str]) -> str:
+    parts = [n.split(".") for n in names]
+    common = []
+    for level in zip(*parts, strict=False):
+        if len(set(level)) > 1:
+            break
+        common.append(level[0])
+    return ".".join(common)
+
+
+def _scan(leaves: list[tuple[str, nn.Module]], require_pool: bool) -> list[Site]:
+    """Sites matching BN → {pool, neuron} in either order (or BN → neuron if pool optional)."""
+    found = []
+    significant = [(n, m) for n, m in leaves if not isinstance(m, _TRANSPARENT)]
+    for i, (bn_name, bn) in enumerate(significant):
+        if not isinstance(bn, nn.BatchNorm2d):
+            continue
+        nxt = significant[i + 1 : i + 3]
+        kinds = [
+            ("pool" if isinstance(m, POOLS) else "neuron" if is_spiking_neuron(m) else "")
+            for _, m in nxt
+        ]
+        if kinds[:2] in (["pool", "neuron"], ["neuron", "pool"]):
+            pool = next(m for _, m in nxt if isinstance(m, POOLS))
+            neuron = next(m for _, m in nxt if is_spiking_neuron(m))
+            name = _common_prefix([bn_name] + [n for n, _ in nxt]) or bn_name
+            found.append(Site(name, bn, neuron, pool))
+        elif not require_pool and kinds[:1] == ["neuron"]:
+            name = _common_prefix([bn_name, nxt[0][0]]) or bn_name
+            found.append(Site(name, bn, nxt[0][1], None))
+    return found
+
+
+def _own_site(name: str, module: DownsampleSite) -> Site:
+    return Site(name, module.bn, module.lif, module.pool, module.variant)
+
+
+def find_sites(model: nn.Module, names: list[str] | None = None) -> list[Site]:
+    """Find the downsampling sites of ``model``.
+
+    Our `DownsampleSite` modules are found by type. Foreign models are matched by pattern: a
+    ``BatchNorm2d`` followed (in module registration order, e.g. inside spikingjelly's
+    ``SeqToANNContainer``) by a max/avg pool and a spiking neuron, in either order. With
+    ``names``, each named module is one site: ours if it is a `DownsampleSite`, otherwise the
+    first BN → {pool, neuron} (or BN → neuron, a site without window) inside it.
+
+    Args:
+        model: Any module.
+        names: Qualified module names to use instead of automatic discovery.
+
+    Returns:
+        Sites in module order.
+
+    Raises:
+        ValueError: A name that does not exist or holds no site.
+
+    Example:
+        >>> from gradprobe.downsample import build_downsample
+        >>> [s.name for s in find_sites(nn.Sequential(build_downsample("lif_maxpool", 3, 8)))]
+        ['0']
+    """
+    if names is None:
+        if isinstance(model, DownsampleSite):
+            return [_own_site("", model)]
+        leaves = _leaves(model)
+        own = [_own_site(n, m) for n, m in leaves if isinstance(m, DownsampleSite)]
+        return own + _scan(leaves, require_pool=True)
+    sites = []
+    for name in names:
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"model has no module {name!r}") from None
+        if isinstance(module, DownsampleSite):
+            sites.append(_own_site(name, module))
+            continue
+        found = _scan(_leaves(module, name), require_pool=False)
+        if not found:
+            raise ValueError(
+                f"module {name!r} holds no downsampling site (a BatchNorm2d whose output "
+                "reaches a spiking neuron, with or without a pool)"
+            )
+        sites.append(Site(name, found[0].bn, found[0].neuron, found[0].pool))
+    return sites
+
+
+@dataclass
+class SiteRecord:
+    """What one call of one site recorded on one backward pass (tensors of length T).
+
+    Attributes:
+        step: Probe step counter (see `Probe`).
+        site: Site name.
+        variant: Variant label.
+        t0: Timestep of the first entry (non-zero when a site is called several times per
+            step, e.g. single-step neurons).
+        precision, mass_at_argmax, tie_rate, spike_rate, windows, grad_abs_mean: Per timestep,
+            as defined in the module docstring.
+        windows_total: Windows per timestep.
+        maps: With ``keep_maps``: ``x``, ``grad_x`` ``[T, B, C, H, W]``; ``pooled`` (what the
+            pool saw), ``spikes`` (neuron output); per window ``[T, B, C, Ho, Wo]``: ``landing``
+            and ``argmax`` (flat indices into H*W, as ``max_pool2d`` returns them), ``routed``,
+            ``tie`` (bool), ``grad_y``.
+    """
+
+    step: int
+    site: str
+    variant: str
+    t0: int
+    precision: torch.Tensor
+    mass_at_argmax: torch.Tensor
+    tie_rate: torch.Tensor
+    spike_rate: torch.Tensor
+    windows: torch.Tensor
+    windows_total: int
+    grad_abs_mean: torch.Tensor
+    maps: dict[str, torch.Tensor] | None = None
+
+
+@dataclass
+class _Call:
+    """State of one forward call of a site, filled by the forward hooks, closed in backward."""
+
+    site: Site
+    step: int
+    index: int
+    x: torch.Tensor | None  # the saved pre-spike map, dropped once measured (unless kept)
+    x_shape: torch.Size
+    x_clone_ptr: int
+    T: int | None = None
+    order: str | None = None  # "pool_first" | "neuron_first"
+    spike_rate: torch.Tensor | None = None
+    hit: torch.Tensor | None = None  # [N, C, Ho, Wo] landing == argmax (max pools)
+    share: torch.Tensor | None = None  # [Ho, Wo] routed share at argmax (avg pools)
+    tie: torch.Tensor | None = None
+    routed: torch.Tensor | None = None
+    maps: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def _pool_args(pool: nn.Module) -> tuple[Any, Any, Any, Any, bool]:
+    stride = pool.stride if pool.stride is not None else pool.kernel_size
+    return pool.kernel_size, stride, pool.padding, getattr(pool, "dilation", 1), pool.ceil_mode
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def _windows(
+    m: torch.Tensor, pool: nn.Module, out_hw: tuple[int, int], fill: float
+) -> torch.Tensor:
+    """Every window of ``m`` ``[N, C, H, W]`` as ``[N, C, K, Ho*Wo]``, padding = ``fill``."""
+    k, s, p, d = (_pair(a) for a in _pool_args(pool)[:4])
+    H, W = m.shape[-2:]
+    extra = [
+        max(0, (o - 1) * s_ + d_ * (k_ - 1) + 1 - (n + 2 * p_))
+        for o, s_, d_, k_, n, p_ in zip(out_hw, s, d, k, (H, W), p, strict=True)
+    ]
+    padded = F.pad(m, (p[1], p[1] + extra[1], p[0], p[0] + extra[0]), value=fill)
+    cols = F.unfold(padded, k, dilation=d, stride=s)
+    return cols.view(m.shape[0], m.shape[1], k[0] * k[1], -1)
+
+
+def _max_indices(m: torch.Tensor, pool: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    k, s, p, d, ceil = _pool_args(pool)
+    return F.max_pool2d(m, k, s, p, d, ceil_mode=ceil, return_indices=True)
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(-1, *t.shape[-3:])
+
+
+def _per_t(t: torch.Tensor, T: int) -> torch.Tensor:
+    return t.reshape(T, -1)
+
+
+class Probe:
+    """Records gradient landing at downsampling sites; see the module docstring for metrics.
+
+    Hooks exist only while the probe is enabled: `disable` removes them (zero overhead),
+    `enable` puts them back, `remove` detaches the probe for good. As a context manager it
+    removes its hooks on exit, also when the body raises.
+
+    A *step* is one forward pass with gradients enabled: it starts at a call of the model
+    (a forward pre-hook on it) or, if the model is driven through another method (e.g.
+    ``forward_timesteps``), at the first site forward after a backward reached the sites.
+    With ``every=N`` only steps 0, N, 2N, ... are measured; the others pay a Python call per
+    hooked module and nothing else.
+
+    Args:
+        model: Module the sites belong to.
+        sites: Sites from `find_sites`.
+        every: Measure every ``every``-th step.
+        keep_maps: Keep per-window maps and x / dL/dx in each record (memory heavy).
+    """
+
+    def __init__(
+        self, model: nn.Module, sites: list[Site], every: int = 1, keep_maps: bool = False
+    ) -> None:
+        if not isinstance(every, int) or every < 1:
+            raise ValueError(f"every must be a positive int, got {every!r}")
+        self.model: nn.Module | None = model
+        self.sites = list(sites)
+        self.every = every
+        self.keep_maps = keep_maps
+        self.records: list[SiteRecord] = []
+        self.step = -1
+        self._handles: list[RemovableHandle] = []
+        self._sampled = False
+        self._open = False
+        self._calls: dict[str, list[_Call]] = {}
+        self._current: dict[str, _Call | None] = {}
+
+    # -- life cycle -------------------------------------------------------------------------
+    @property
+    def enabled(self) -> bool:
+        return bool(self._handles)
+
+    def enable(self) -> Probe:
+        """Install the hooks (no-op if already enabled)."""
+        if self.model is None:
+            raise RuntimeError("probe was removed; attach a new one with attach_probe")
+        if self.enabled:
+            return self
+        self._handles.append(self.model.register_forward_pre_hook(self._on_model_call))
+        for site in self.sites:
+            self._handles.append(site.bn.register_forward_hook(self._bn_hook(site)))
+            self._handles.append(site.neuron.register_forward_hook(self._neuron_hook(site)))
+            if site.pool is not None:
+                self._handles.append(site.pool.register_forward_hook(self._pool_hook(site)))
+        return self
+
+    def disable(self) -> Probe:
+        """Remove the hooks; records and the step counter stay."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._open = False
+        return self
+
+    def remove(self) -> None:
+        """Remove the hooks and forget the model; records stay readable."""
+        self.disable()
+        self.model = None
+
+    def clear(self) -> None:
+        """Drop all records."""
+        self.records.clear()
+
+    def __enter__(self) -> Probe:
+        return self.enable()
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self._calls, self._current = {}, {}  # release maps saved by an unfinished step
+        finally:
+            self.remove()
+
+    def __repr__(self) -> str:
+        state = "removed" if self.model is None else "enabled" if self.enabled else "disabled"
+        return f"Probe({len(self.sites)} sites, every={self.every}, {state}, {len(self.records)} records)"
+
+    # -- output -----------------------------------------------------------------------------
+    def to_frame(self) -> pd.DataFrame:
+        """Tidy DataFrame: one row per record × timestep, columns `FRAME_COLUMNS`, ordered by
+        step, site (forward order) and t. Converting the tensors is the only host sync."""
+        rows = []
+        rank = {site.name: i for i, site in enumerate(self.sites)}
+        for r in sorted(self.records, key=lambda r: (r.step, rank.get(r.site, -1), r.t0)):
+            cols = [
+                r.precision,
+                r.mass_at_argmax,
+                r.tie_rate,
+                r.spike_rate,
+                r.windows,
+                r.grad_abs_mean,
+            ]
+            values = torch.stack([c.detach().double().cpu() for c in cols]).T.tolist()
+            for i, (prec, mass, tie, rate, win, gam) in enumerate(values):
+                rows.append(
+                    (
+                        r.step,
+                        r.site,
+                        r.variant,
+                        r.t0 + i,
+                        prec,
+                        mass,
+                        tie,
+                        rate,
+                        int(win),
+                        r.windows_total,
+                        gam,
+                    )
+                )
+        return pd.DataFrame(rows, columns=FRAME_COLUMNS)
+
+    # -- hooks ------------------------------------------------------------------------------
+    def _new_step(self) -> None:
+        self.step += 1
+        self._sampled = self.step % self.every == 0
+        self._open = True
+        self._calls = {}
+        self._current = {}
+
+    def _on_model_call(self, module: nn.Module, args: tuple) -> None:
+        if torch.is_grad_enabled():
+            self._new_step()
+
+    def _bn_hook(self, site: Site):
+        def hook(module: nn.Module, args: tuple, x: torch.Tensor) -> torch.Tensor | None:
+            if not (torch.is_grad_enabled() and x.requires_grad):
+                return None
+            if not self._open:
+                self._new_step()
+            self._current[site.name] = None
+            if not self._sampled:
+                return None
+            calls = self._calls.setdefault(site.name, [])
+            x_down = x.clone()
+            call = _Call(site, self.step, len(calls), x.detach(), x.shape, x_down.data_ptr())
+            calls.append(call)
+            self._current[site.name] = call
+            x.register_hook(lambda g: self._on_grad_x(call, g))
+            return x_down
+
+        return hook
+
+    def _neuron_hook(self, site: Site):
+        def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
+            call = self._current.get(site.name)
+            if call is None or call.T is not None:
+                return
+            inp = args[0]
+            multi = getattr(module, "step_mode", "s") == "m"
+            call.T = inp.shape[0] if multi else 1
+            call.order = call.order or "neuron_first"
+            spikes = out.detach()
+            call.spike_rate = _per_t(spikes, call.T).float().mean(1)
+            if self.keep_maps:
+                call.maps["spikes"] = spikes.clone()
+
+        return hook
+
+    def _pool_hook(self, site: Site):
+        def hook(module: nn.Module, args: tuple, y: torch.Tensor) -> torch.Tensor | None:
+            call = self._current.get(site.name)
+            if call is None or call.hit is not None or call.share is not None:
+                return None
+            call.order = call.order or "pool_first"
+            pooled = args[0].detach()
+            self._measure_windows(call, module, _flat(pooled), y)
+            if self.keep_maps:
+                call.maps["pooled"] = pooled.clone()
+            else:
+                call.x = None
+            y_down = y.clone()
+            y.register_hook(lambda g: self._on_grad_y(call, g))
+            return y_down
+
+        return hook
+
+    def _measure_windows(
+        self, call: _Call, pool: nn.Module, pooled: torch.Tensor, y: torch.Tensor
+    ) -> None:
+        x = _flat(call.x)
+        pooled_is_x = pooled.data_ptr() == call.x_clone_ptr
+        values, landing = _max_indices(pooled, pool)
+        out_hw = tuple(values.shape[-2:])
+        if isinstance(pool, nn.MaxPool2d):
+            argmax = landing if pooled_is_x else _max_indices(x, pool)[1]  # eq. (11) / eq. (7)
+            call.hit = landing == argmax
+        else:
+            argmax = _max_indices(x, pool)[1]
+            ones = torch.ones(1, 1, *x.shape[-2:], dtype=x.dtype, device=x.device)
+            n_real = _windows(ones, pool, out_hw, 0.0).sum(2).view(out_hw)
+            call.share = 1.0 / n_real
+        cols = _windows(pooled, pool, out_hw, -math.inf)
+        call.tie = (cols == values.flatten(-2).unsqueeze(2)).sum(2).view_as(values) > 1
+        if self.keep_maps:
+            call.maps["landing"] = landing
+            call.maps["argmax"] = argmax
+            call.maps["tie"] = call.tie
+
+    def _on_grad_y(self, call: _Call, grad: torch.Tensor) -> None:
+        call.routed = _flat(grad) != 0
+        if self.keep_maps:
+            call.maps["grad_y"] = grad.detach().clone()
+
+    def _on_grad_x(self, call: _Call, grad: torch.Tensor) -> None:
+        self._open = False  # a backward reached the sites: the next site forward is a new step
+        site = call.site
+        T = call.T or (call.x_shape[0] if len(call.x_shape) == 5 else 1)
+        earlier = self._calls.get(site.name, [])[: call.index] if call.step == self.step else []
+        t0 = sum(c.T or 1 for c in earlier)
+        g = grad.detach()
+        nan = torch.full((T,), math.nan, device=g.device)
+        spike_rate = call.spike_rate if call.spike_rate is not None else nan
+        if site.pool is None:
+            precision = mass = tie_rate = nan
+            windows = torch.zeros(T, dtype=torch.long, device=g.device)
+            total = 0
+        else:
+            routed = call.routed if call.routed is not None else torch.zeros_like(call.tie)
+            routed = _per_t(routed, T)
+            windows = routed.sum(1)
+            total = routed.shape[1]
+            denom = windows.clamp(min=1).to(g.dtype)
+            empty = windows == 0
+            tie_rate = (_per_t(call.tie, T) & routed).sum(1) / denom
+            if call.hit is not None:
+                precision = (_per_t(call.hit, T) & routed).sum(1) / denom
+                mass = precision
+            else:
+                precision = nan
+                share = call.share.expand(routed.shape[1] // call.share.numel(), -1, -1)
+                mass = (routed * share.reshape(1, -1)).sum(1) / denom
+            precision, mass, tie_rate = (
+                torch.where(empty, nan, v) for v in (precision, mass, tie_rate)
+            )
+            if self.keep_maps:
+                call.maps["routed"] = call.routed
+        variant = site.variant or _foreign_label(site, call.order)
+        maps = None
+        if self.keep_maps:
+            shape5 = (T, -1)
+            maps = {k: v.reshape(*shape5, *v.shape[-3:]) for k, v in call.maps.items()}
+            maps["x"] = call.x.reshape(*shape5, *call.x_shape[-3:])
+            maps["grad_x"] = g.clone().reshape(*shape5, *g.shape[-3:])
+        self.records.append(
+            SiteRecord(
+                step=call.step,
+                site=site.name,
+                variant=variant,
+                t0=t0,
+                precision=precision,
+                mass_at_argmax=mass,
+                tie_rate=tie_rate,
+                spike_rate=spike_rate,
+                windows=windows,
+                windows_total=total,
+                grad_abs_mean=_per_t(g, T).abs().mean(1),
+                maps=maps,
+            )
+        )
+        call.x = None
+
+
+def _foreign_label(site: Site, order: str | None) -> str:
+    if site.pool is None:
+        return "no_pool"
+    pool = "maxpool" if isinstance(site.pool, nn.MaxPool2d) else "avgpool"
+    return f"lif_{pool}" if order == "neuron_first" else f"{pool}_lif"
+
+
+def attach_probe(
+    model: nn.Module,
+    sites: list[str] | None = None,
+    every: int = 1,
+    keep_maps: bool = False,
+) -> Probe:
+    """Attach an enabled `Probe` to every downsampling site of ``model``.
+
+    Args:
+        model: Any module: our backbones, a bare `DownsampleSite`, or a foreign model such as
+            spikingjelly's ``spikformer_cifar10`` (sites found by pattern, see `find_sites`).
+        sites: Qualified module names to probe instead of automatic discovery.
+        every: Measure every ``every``-th training step.
+        keep_maps: Also keep per-window maps and x, dL/dx in the records.
+
+    Returns:
+        The enabled probe; use it as a context manager to remove its hooks afterwards.
+
+    Raises:
+        ValueError: No site found, or a bad name or ``every``.
+
+    Example:
+        >>> from gradprobe.downsample import build_downsample
+        >>> site = build_downsample("maxpool_lif", 3, 8)
+        >>> with attach_probe(site) as probe:
+        ...     site(torch.rand(2, 1, 3, 8, 8, requires_grad=True)).sum().backward()
+        >>> probe.to_frame()["precision"].tolist()
+        [1.0, 1.0]
+    """
+    found = find_sites(model, sites)
+    if not found:
+        raise ValueError(
+            f"no downsampling site found in {type(model).__name__}; pass sites=[module names]"
+        )
+    return Probe(model, found, every=every, keep_maps=keep_maps).enable()
+
+
+def summarize(frame: pd.DataFrame, by: tuple[str, ...] = ("site", "variant")) -> pd.DataFrame:
+    """Aggregate a probe frame: window-weighted precision, mass and tie rate; mean spike rate.
+
+    Args:
+        frame: Output of `Probe.to_frame` (several probes' frames may be concatenated).
+        by: Grouping columns.
+
+    Returns:
+        One row per group with ``precision``, ``mass_at_argmax``, ``tie_rate``,
+        ``spike_rate``, ``windows`` (summed) and ``grad_abs_mean``.
+    """
+
+    def agg(g: pd.DataFrame) -> pd.Series:
+        w = g["windows"].astype(float)
+        total = w.sum()
+        weighted = {
+            c: (g[c] * w).sum(min_count=1) / total if total > 0 else math.nan
+            for c in ("precision", "mass_at_argmax", "tie_rate")
+        }
+        return pd.Series(
+            {
+                **weighted,
+                "spike_rate": g["spike_rate"].mean(),
+                "windows": int(total),
+                "grad_abs_mean": g["grad_abs_mean"].mean(),
+            }
+        )
+
+    out = frame.groupby(list(by), sort=False).apply(agg, include_groups=False).reset_index()
+    return out.astype({"windows": "int64"})
