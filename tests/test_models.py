@@ -23,6 +23,7 @@ TINY = {
     "spikeformer_imagenet": dict(embed_dim=16, num_heads=2, depth=1, img_size=32),
     "spikeformer_*": dict(embed_dim=16, num_heads=2, depth=1, img_size=16),
     "spiking_resnet19_cifar": dict(width=4, layers=(2, 2, 1), fc_hidden=8, img_size=8),
+    "sps_tokenizer_cifar": dict(embed_dim=16, img_size=8),
 }
 
 # Documented downsampling sites, in forward order.
@@ -35,6 +36,7 @@ SITES = {
     "spikeformer_dvs_gesture": ["tokenizer.0.conv1", "tokenizer.1.conv1", "tokenizer.2.conv1"],
     "spikeformer_imagenet": [f"tokenizer.{i}.conv1" for i in (0, 2, 4, 6)],
     "spiking_resnet19_cifar": ["layer2.0.conv1", "layer3.0.conv1"],
+    "sps_tokenizer_cifar": ["stem.stages.stage3", "stem.stages.stage4"],
 }
 
 # (model, num_classes, parameters, of which unused in forward): spec section 3.
