@@ -1,0 +1,72 @@
+"""CPU forward+backward time per training step for each CIFAR backbone x downsampling variant.
+
+Usage (from the repository root, or anywhere once gradprobe is installed):
+    python -m benchmarks.backbone_step --repeats 3
+    python -m benchmarks.backbone_step --models spikformer_4_384_cifar --batch-size 16 --T 4
+
+Each step is reset_net → forward on a random [B, 3, 32, 32] batch → cross-entropy → backward,
+with BatchNorm in train mode; one warm-up step is not timed. Prints the median ms/step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import pandas as pd
+import torch
+from spikingjelly.activation_based import functional
+
+from gradprobe.downsample import list_downsamples
+from gradprobe.models import create_model, list_models
+
+
+def step_ms(
+    model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, repeats: int
+) -> float:
+    """Median wall time of one forward+backward step, in milliseconds."""
+    times = []
+    for i in range(repeats + 1):
+        start = time.perf_counter()
+        functional.reset_net(model)
+        model.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(images), labels).backward()
+        if i:  # the first step warms up allocators and kernels
+            times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> pd.DataFrame:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="*", default=list_models("*_cifar"))
+    parser.add_argument("--downsample", nargs="*", default=list_downsamples())
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--T", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    torch.manual_seed(0)
+    images = torch.rand(args.batch_size, 3, 32, 32)
+    labels = torch.randint(0, 10, (args.batch_size,))
+    rows = []
+    for name in args.models:
+        for downsample in args.downsample:
+            model = create_model(name, downsample=downsample, T=args.T, num_classes=10).train()
+            ms = step_ms(model, images, labels, args.repeats)
+            rows.append({"model": name, "downsample": downsample, "ms_per_step": ms})
+            print(f"{name:28s} {downsample:13s} {ms:9.1f} ms", flush=True)
+    table = pd.DataFrame(rows).pivot(index="model", columns="downsample", values="ms_per_step")
+    print(
+        f"\nforward+backward ms/step, B={args.batch_size}, T={args.T}, "
+        f"{torch.get_num_threads()} threads, median of {args.repeats}"
+    )
+    print(table.round(1).to_string())
+    return table
+
+
+if __name__ == "__main__":
+    main()
