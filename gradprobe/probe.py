@@ -216,7 +216,8 @@ class SiteRecord:
         maps: With ``keep_maps``: ``x``, ``grad_x`` ``[T, B, C, H, W]``; ``pooled`` (what the
             pool saw), ``spikes`` (neuron output); per window ``[T, B, C, Ho, Wo]``: ``landing``
             and ``argmax`` (flat indices into H*W, as ``max_pool2d`` returns them), ``routed``,
-            ``tie`` (bool), ``grad_y``.
+            ``tie`` (bool), ``mass`` (share of the window's gradient at the argmax of x,
+            float64), ``grad_y`` (dL/dy at the pool output).
     """
 
     step: int
@@ -430,6 +431,7 @@ class Probe:
                 self._new_step()
             self._current[site.name] = None
             if not self._sampled:
+                x.register_hook(self._close_step)
                 return None
             calls = self._calls.setdefault(site.name, [])
             x_down = x.clone()
@@ -440,6 +442,9 @@ class Probe:
             return x_down
 
         return hook
+
+    def _close_step(self, grad: torch.Tensor) -> None:
+        self._open = False  # a backward reached the sites: the next site forward is a new step
 
     def _neuron_hook(self, site: Site):
         def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
@@ -489,13 +494,15 @@ class Probe:
             argmax = _max_indices(x, pool)[1]
             ones = torch.ones(1, 1, *x.shape[-2:], dtype=x.dtype, device=x.device)
             n_real = _windows(ones, pool, out_hw, 0.0).sum(2).view(out_hw)
-            call.share = 1.0 / n_real
+            call.share = 1.0 / n_real.double()  # float64: 1/9 stays 1/9 through the means
         cols = _windows(pooled, pool, out_hw, -math.inf)
         call.tie = (cols == values.flatten(-2).unsqueeze(2)).sum(2).view_as(values) > 1
         if self.keep_maps:
             call.maps["landing"] = landing
             call.maps["argmax"] = argmax
             call.maps["tie"] = call.tie
+            mass = call.hit.double() if call.hit is not None else call.share.expand_as(values)
+            call.maps["mass"] = mass
 
     def _on_grad_y(self, call: _Call, grad: torch.Tensor) -> None:
         call.routed = _flat(grad) != 0
