@@ -1,0 +1,50 @@
+"""``python -m reports build --results <sweep dir or store> --out <dir>``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from reports.build import build_report
+from reports.load import METRICS
+from reports.stats import ALPHA
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line and run the build; prints the coverage summary."""
+    parser = argparse.ArgumentParser(prog="python -m reports", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    build = commands.add_parser(
+        "build", help="write the paper's tables, Fig. 2 and the gradient-precision report"
+    )
+    build.add_argument("--results", required=True, help="a sweep dir or its results/ store")
+    build.add_argument("--out", required=True, help="output folder")
+    build.add_argument(
+        "--metric", choices=METRICS, default="test_top1",
+        help="accuracy: final epoch (default) or best over epochs (as the DVS reference reports)",
+    )  # fmt: skip
+    build.add_argument(
+        "--alpha", type=float, default=ALPHA, help="Welch t-test level (default %(default)s)"
+    )
+    build.add_argument(
+        "--errorbar", choices=("sd", "ci"), default="sd",
+        help="figure bands over seeds: ±1 sd (default) or 95%% bootstrap CI",
+    )  # fmt: skip
+    build.add_argument(
+        "--probe-x", choices=("epoch", "step"), default="epoch",
+        help="x axis of the precision curves (default %(default)s)",
+    )  # fmt: skip
+    build.add_argument("--no-figures", action="store_true", help="tables only")
+    args = parser.parse_args(argv)
+
+    report = build_report(
+        args.results, args.out, metric=args.metric, alpha=args.alpha, errorbar=args.errorbar,
+        probe_x=args.probe_x, figures=not args.no_figures,
+    )  # fmt: skip
+    sys.stdout.write(report.coverage)
+    print(f"\nwrote {len(report.files)} files to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

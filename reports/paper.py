@@ -1,0 +1,163 @@
+"""The CML paper's vocabulary and reference numbers, and how our run fields map onto them.
+
+The paper's Tables 1-5 ship as data (``reports/data/paper_tables.csv``, one row per reported
+number). `paper_reference` turns the rows that belong to Spikformer and Spikingformer, the only
+backbones our registry reproduces, into keys that line up with our runs: dataset, family,
+``L-D`` architecture, time steps, epochs and downsampling variant. The other methods the paper
+quotes (TET, SEW ResNet, ...) stay in the CSV but are not our rows.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from importlib import resources
+
+import pandas as pd
+
+BASELINE = "lif_maxpool"
+
+# Registry name -> the paper's name, in the paper's row order (Table 1).
+VARIANT_LABELS = {
+    "lif_maxpool": "ConvBN-LIF-MaxPool",
+    "maxpool_lif": "ConvBN-MaxPool-LIF",
+    "avgpool_lif": "ConvBN-AvgPool-LIF",
+    "strided_conv": "ConvBN(stride=2)-LIF",
+}
+
+# How Tables 2-5 name a backbone with a variant: "Spikformer", "Spikformer + CML".
+VARIANT_SUFFIXES = {
+    "lif_maxpool": "",
+    "maxpool_lif": " + CML",
+    "avgpool_lif": " + ConvBN-AvgPool-LIF",
+    "strided_conv": " + ConvBN(stride=2)-LIF",
+}
+
+FAMILY_LABELS = {"spikformer": "Spikformer", "spikingformer": "Spikingformer"}
+
+# Our dataset names -> the column headers of the paper.
+DATASET_LABELS = {
+    "cifar10": "CIFAR10",
+    "cifar100": "CIFAR100",
+    "imagenet": "ImageNet",
+    "cifar10_dvs": "CIFAR10-DVS",
+    "dvs128_gesture": "DVS128 Gesture",
+}
+
+# The spec CSV spells the neuromorphic datasets without underscores.
+_PAPER_DATASETS = {"cifar10dvs": "cifar10_dvs", "dvs128gesture": "dvs128_gesture"}
+
+_ARCH = re.compile(r"^(?P<family>[A-Za-z]+)-(?P<depth>\d+)-(?P<dim>\d+)(?:-(?P<epochs>\d+)E)?$")
+_MODEL = re.compile(r"^(?P<family>[a-z0-9]+)_(?P<depth>\d+)_(?P<dim>\d+)(?:_.*)?$")
+
+
+def variant_label(variant: str) -> str:
+    """The paper's name of a downsampling variant (unknown variants keep their registry name)."""
+    return VARIANT_LABELS.get(variant, variant)
+
+
+def family_label(family: str) -> str:
+    """The paper's spelling of a backbone family (unknown families keep their name)."""
+    return FAMILY_LABELS.get(family, family)
+
+
+def dataset_label(dataset: str) -> str:
+    """The paper's column header for a dataset; datasets it lacks get a capitalised name."""
+    return DATASET_LABELS.get(dataset, dataset.replace("_", " ").capitalize())
+
+
+def method_label(family: str, variant: str) -> str:
+    """Row label of Tables 2-5: ``"Spikformer"`` for the baseline, ``"Spikformer + CML"``, ...
+
+    Example:
+        >>> method_label("spikingformer", "maxpool_lif")
+        'Spikingformer + CML'
+    """
+    suffix = VARIANT_SUFFIXES.get(variant, f" + {variant}")
+    return f"{family_label(family)}{suffix}"
+
+
+def parse_model(model: str, family: str | None = None) -> tuple[str, str, int | None, int | None]:
+    """Split a registry model name into ``(family, arch, depth, dim)``.
+
+    ``spikformer_4_384_cifar`` gives ``("spikformer", "4-384", 4, 384)``: L blocks of width D,
+    the paper's ``Spikformer-L-D``. A name without ``_L_D`` keeps everything after the family as
+    its arch and has no depth or dim.
+
+    Example:
+        >>> parse_model("spikingformer_8_768_imagenet")
+        ('spikingformer', '8-768', 8, 768)
+    """
+    match = _MODEL.match(model)
+    if match:
+        depth, dim = int(match["depth"]), int(match["dim"])
+        return family or match["family"], f"{depth}-{dim}", depth, dim
+    head, _, rest = model.partition("_")
+    return family or head, rest or model, None, None
+
+
+def arch_label(family: str, arch: str, epochs: int | None = None) -> str:
+    """A backbone as the paper writes it: ``Spikformer-4-384`` or, with epochs, ``...-400E``."""
+    label = f"{family_label(family)}-{arch}"
+    return label if epochs is None else f"{label}-{epochs}E"
+
+
+@cache
+def paper_tables() -> pd.DataFrame:
+    """Every number of the paper's Tables 1-5, as shipped in ``reports/data/paper_tables.csv``."""
+    source = resources.files("reports").joinpath("data", "paper_tables.csv")
+    with source.open("r", encoding="utf-8") as fh:
+        return pd.read_csv(fh, dtype={"time_steps": "string"})
+
+
+def _paper_variant(table: int, method: str, family_name: str) -> str | None:
+    if table == 1:
+        by_label = {label: name for name, label in VARIANT_LABELS.items()}
+        return by_label.get(method)
+    for name, suffix in VARIANT_SUFFIXES.items():
+        if method == f"{family_name}{suffix}":
+            return name
+    return None
+
+
+@cache
+def paper_reference() -> pd.DataFrame:
+    """The paper's Spikformer/Spikingformer numbers keyed like our cells.
+
+    Returns:
+        One row per reported number with columns ``table, dataset, family, arch, depth, dim, T,
+        epochs, variant, paper, paper_params_m``. ``epochs`` is missing where the paper does not
+        state it (Table 4); such a row matches runs of any length.
+    """
+    rows = []
+    for rec in paper_tables().itertuples(index=False):
+        if pd.isna(rec.backbone):
+            continue  # another paper's method: quoted by the CML paper, not reproducible here
+        match = _ARCH.match(rec.architecture)
+        variant = _paper_variant(int(rec.table), rec.method, rec.backbone)
+        if match is None or variant is None:
+            raise ValueError(f"paper table {rec.table}: cannot read row {rec.method!r}")
+        epochs = match["epochs"] or (None if pd.isna(rec.epochs) else int(rec.epochs))
+        rows.append(
+            {
+                "table": int(rec.table),
+                "dataset": _PAPER_DATASETS.get(rec.dataset, rec.dataset),
+                "family": rec.backbone.lower(),
+                "arch": f"{match['depth']}-{match['dim']}",
+                "depth": int(match["depth"]),
+                "dim": int(match["dim"]),
+                "T": int(rec.time_steps),
+                "epochs": None if epochs is None else int(epochs),
+                "variant": variant,
+                "paper": float(rec.top1),
+                "paper_params_m": float(rec.params_m),
+            }
+        )
+    frame = pd.DataFrame(rows)
+    frame["epochs"] = frame["epochs"].astype("Int64")
+    return frame
+
+
+def paper_datasets() -> list[str]:
+    """Our names of the datasets the paper reports, sorted."""
+    return sorted(paper_reference()["dataset"].unique())
