@@ -7,7 +7,7 @@ exists. Each option holds::
 
     name: <registry name>  # backbone in gradprobe.models' registry
     T: null                # time steps; null: the backbone's reference default (4; DVS 16)
-    kwargs: {}             # family options passed to create_model, e.g. {depth: 1, embed_dim: 64}
+    kwargs: {}             # family options for create_model; add keys with +model.kwargs.depth=1
 
 Importing this module registers both (it is idempotent); `ablations.train` and the tests do.
 """

@@ -1,0 +1,204 @@
+"""The training harness in-process: exact resume, skip, failure isolation, checks, losses."""
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_module
+
+import ablations.configs  # noqa: F401  (registers the model group)
+from ablations import engine, store
+from ablations.checks import ConfigError, check_config
+from ablations.losses import SoftTargets, TETLoss, TimeMeanCrossEntropy
+from ablations.rundir import RunRecord
+
+#: A run that takes about a second per epoch on one CPU core.
+TINY = [
+    "dataset=synthetic",
+    "model=sps_tokenizer_cifar",
+    "+model.kwargs.embed_dim=16",
+    "model.T=2",
+    "trainer.epochs=3",
+    "trainer.cooldown_epochs=0",
+    "trainer.batch_size=16",
+    "trainer.eval_batch_size=64",
+    "trainer.progress=none",
+    "sched.warmup_t=1",
+    "optim.lr=5e-3",
+]
+#: Every random source of the recipe: flips, RandAugment, erasing (python random), mixup (numpy).
+RANDOM = [
+    "dataset.augment.hflip=0.5",
+    "dataset.augment.randaugment=rand-m9-n1-mstd0.4-inc1",
+    "dataset.augment.random_erasing=0.5",
+    "loss.mixup.mixup_alpha=0.5",
+    "loss.mixup.off_epoch=2",
+    "probe=landing",
+    "probe.every=3",
+]
+TIMES = ("epoch_time_s", "images_per_s")
+
+
+def config(*overrides: str):
+    with initialize_config_module("ablations.conf", version_base="1.3"):
+        return compose("config", overrides=[*TINY, *overrides])
+
+
+def run(cfg, sweep: Path, run_id: str = "run") -> str:
+    return engine.run_job(cfg, sweep / run_id, sweep)
+
+
+def numbers(doc: dict) -> list[dict]:
+    return [{k: v for k, v in row.items() if k not in TIMES} for row in doc["history"]]
+
+
+def same_rows(a: list[dict], b: list[dict]) -> bool:
+    def key(v):
+        return "nan" if isinstance(v, float) and math.isnan(v) else v
+
+    return [{k: key(v) for k, v in r.items()} for r in a] == [
+        {k: key(v) for k, v in r.items()} for r in b
+    ]
+
+
+def test_resumed_run_ends_with_exactly_the_uninterrupted_numbers(tmp_path, monkeypatch):
+    cfg = config(*RANDOM)
+    assert run(cfg, tmp_path / "straight") == "finished"
+    straight = store.read_run(tmp_path / "straight", "run")
+
+    # kill after epoch 2 is checkpointed: the process dies before recording anything else
+    update = RunRecord.update
+
+    def killed_after_two(self, history, probe_rows):
+        update(self, history, probe_rows)
+        if len(history) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(RunRecord, "update", killed_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, tmp_path / "killed")
+    interrupted = store.read_run(tmp_path / "killed", "run")
+    assert interrupted["status"] == "running" and len(interrupted["history"]) == 2
+    monkeypatch.setattr(RunRecord, "update", update)
+
+    torch.manual_seed(1234)  # the resumed process starts from a different global RNG state
+    assert run(cfg, tmp_path / "killed") == "finished"
+    resumed = store.read_run(tmp_path / "killed", "run")
+    assert resumed["status"] == "finished" and len(resumed["history"]) == 3
+    assert numbers(resumed) == numbers(straight)
+    assert same_rows(resumed["probe"], straight["probe"]) and len(straight["probe"]) > 0
+    assert {r["step"] for r in straight["probe"]} == {0, 3, 6, 9, 12, 15, 18, 21}
+    a = torch.load(tmp_path / "straight" / "run" / "checkpoints" / "last.pt", weights_only=False)
+    b = torch.load(tmp_path / "killed" / "run" / "checkpoints" / "last.pt", weights_only=False)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_run_records_every_file(tmp_path):
+    cfg = config("trainer.epochs=1")
+    assert run(cfg, tmp_path) == "finished"
+    run_dir = tmp_path / "run"
+    for name in (
+        "config.yaml",
+        "environment.json",
+        "metrics.csv",
+        "summary.json",
+        "checkpoints/last.pt",
+    ):
+        assert (run_dir / name).exists(), name
+    header = (run_dir / "metrics.csv").read_text().splitlines()[0]
+    assert (
+        header
+        == "epoch,train_loss,train_top1,test_loss,test_top1,test_top5,lr,epoch_time_s,images_per_s"
+    )
+    doc = store.read_run(tmp_path, "run")
+    assert doc["final"]["epochs_done"] == 1 and doc["params"] > 0 and doc["T"] == 2
+    assert doc["model"] == "sps_tokenizer_cifar(embed_dim=16)" and doc["family"] == "sps"
+    assert doc["versions"]["torch"] == torch.__version__.split("+")[0] or doc["versions"]["torch"]
+
+
+def test_finished_runs_are_skipped(tmp_path, monkeypatch):
+    cfg = config("trainer.epochs=1")
+    assert run(cfg, tmp_path) == "finished"
+    monkeypatch.setattr(
+        engine, "fit", lambda *a, **k: pytest.fail("a finished run was trained again")
+    )
+    assert run(cfg, tmp_path) == "finished"
+
+
+def test_a_run_that_raises_is_recorded_failed(tmp_path, monkeypatch):
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(engine, "train_one_epoch", boom)
+    assert run(config(), tmp_path) == "failed"
+    doc = store.read_run(tmp_path, "run")
+    assert doc["status"] == "failed" and doc["error"] == "RuntimeError: disk on fire"
+
+
+def test_non_finite_loss_stops_the_run(tmp_path):
+    assert run(config("loss=tet", "loss.phi=inf"), tmp_path) == "failed"
+    doc = store.read_run(tmp_path, "run")
+    assert doc["error"].startswith("training loss is inf at epoch 1, step 0: the run stops")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.name=nope", "unknown model 'nope'; choices: spik"),
+        (
+            "downsample.name=nope",
+            "unknown downsampling variant 'nope'; choices: avgpool_lif, lif_maxpool",
+        ),
+        (
+            "dataset.loader=nope",
+            "unknown dataset loader 'nope'; choices: cifar10, cifar100, cifar10_dvs",
+        ),
+        ("loss.name=nope", "unknown loss 'nope'; choices: ce, tet"),
+        ("model.T=0", "model.T must be a positive integer, got 0"),
+        ("dataset.img_size=30", "img_size 30 is not supported"),
+        ("trainer.amp=fp16", "unknown trainer.amp 'fp16'; choices: auto, bf16, fp32"),
+    ],
+)
+def test_bad_choices_are_rejected_before_training(tmp_path, monkeypatch, override, message):
+    cfg = config(override)
+    with pytest.raises(ConfigError) as err:
+        check_config(cfg)
+    assert message in str(err.value) and "\n" not in str(err.value)
+    monkeypatch.setattr(engine, "fit", lambda *a, **k: pytest.fail("training started"))
+    assert run(cfg, tmp_path) == "failed"
+    assert message in store.read_run(tmp_path, "run")["error"]
+
+
+def test_missing_data_is_rejected_with_where_to_put_it(tmp_path):
+    cfg = config("dataset=cifar10", f"paths.data={tmp_path}", "dataset.download=false")
+    assert run(cfg, tmp_path) == "failed"
+    assert "dataset.download=true" in store.read_run(tmp_path, "run")["error"]
+
+
+def test_tet_loss_is_the_papers_formula():
+    torch.manual_seed(0)
+    out, y = torch.randn(4, 3, 5), torch.tensor([0, 2, 4])
+    target = F.one_hot(y, 5).float()
+    lamb, phi = 0.2, 1.0
+    expected = (1 - lamb) * sum(F.cross_entropy(out[t], y) for t in range(4)) / 4 + lamb * (
+        (out - phi) ** 2
+    ).mean()
+    assert torch.allclose(TETLoss(lamb, phi)(out, target), expected)
+    soft = torch.full((3, 5), 0.2)
+    assert torch.allclose(
+        TETLoss(0.0)(out, soft),
+        torch.stack([-(soft * out[t].log_softmax(-1)).sum(-1).mean() for t in range(4)]).mean(),
+    )
+    assert torch.allclose(TimeMeanCrossEntropy()(out, target), F.cross_entropy(out.mean(0), y))
+
+
+def test_soft_targets_smooth_and_stop_mixing():
+    cfg = config().loss
+    targets = SoftTargets(cfg, num_classes=4)
+    x, y = torch.rand(4, 3, 8, 8), torch.tensor([0, 1, 2, 3])
+    _, soft = targets(x, y, epoch=500)  # past off_epoch: smoothing only
+    assert torch.allclose(soft.sum(-1), torch.ones(4)) and torch.allclose(
+        soft.max(-1).values, torch.full((4,), 0.925)
+    )
