@@ -12,6 +12,7 @@ User errors (unknown model or variant, missing data, bad numbers) print one line
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import sys
 from dataclasses import dataclass
@@ -64,6 +65,16 @@ def _positive(name: str):
     return parse
 
 
+def _model_arg(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="gradprobe", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -93,6 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="registered model (gradprobe.models.list_models())",
     )
     p.add_argument(
+        "--model-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        type=_model_arg,
+        help="extra model argument, e.g. embed_dim=384 (repeatable)",
+    )
+    p.add_argument(
         "--variants",
         nargs="+",
         default=None,
@@ -114,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
 @dataclass
 class _Job:
     model: str
+    model_kwargs: dict
     variants: list[str]
     images: torch.Tensor
     labels: torch.Tensor
@@ -127,7 +147,8 @@ def _prepare(args: argparse.Namespace) -> _Job:
     for v in variants:
         DOWNSAMPLES.get(v)
     try:
-        probe_model = create_model(args.model, downsample=variants[0], T=args.T)
+        kwargs = dict(args.model_arg)
+        probe_model = create_model(args.model, downsample=variants[0], T=args.T, **kwargs)
     except (TypeError, ValueError) as err:
         raise UserError(f"cannot build model {args.model!r}: {err}") from None
     size, channels = probe_model.img_size, probe_model.in_channels
@@ -151,7 +172,7 @@ def _prepare(args: argparse.Namespace) -> _Job:
         raise UserError(
             f"model {args.model!r} expects {channels} input channels, the images have {images.shape[1]}"
         )
-    return _Job(args.model, variants, images, labels, classes, source)
+    return _Job(args.model, kwargs, variants, images, labels, classes, source)
 
 
 def _normalize(images: torch.Tensor) -> torch.Tensor:
@@ -177,7 +198,9 @@ def run_probe(job: _Job, T: int, batch_size: int, seed: int, progress: bool = Tr
     frames = []
     for variant in job.variants:
         torch.manual_seed(seed)
-        model = create_model(job.model, downsample=variant, T=T, num_classes=job.num_classes)
+        model = create_model(
+            job.model, downsample=variant, T=T, num_classes=job.num_classes, **job.model_kwargs
+        )
         model.train()
         with attach_probe(model) as probe:
             for x, y in batches:
@@ -221,6 +244,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     summary.to_csv(args.out / "probe_summary.csv", index=False)
     doc = {
         "model": job.model,
+        "model_kwargs": job.model_kwargs,
         "T": args.T,
         "seed": args.seed,
         "images": len(job.labels),
