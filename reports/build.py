@@ -68,8 +68,8 @@ def coverage_summary(
         "# Coverage",
         "",
         f"Read {len(runs)} run documents ({len(results.skipped)} files skipped): "
-        f"{len(usable)} finished and averaged, {len(failed)} failed, {len(other)} not "
-        f"averaged for another reason. Accuracy: {METRIC_WORDS[results.metric]}.",
+        f"{len(usable)} finished and averaged, {len(failed)} failed, {len(other)} unfinished "
+        f"or duplicate. Accuracy: {METRIC_WORDS[results.metric]}.",
         "",
         "## Tables",
         "",
@@ -151,10 +151,11 @@ def build_report(
     files.append(_write_csv(runs, out / "runs.csv"))
 
     if figures:
-        from reports.figures import plot_fig2, plot_precision
+        from reports.figures import model_palette, plot_fig2, plot_precision
 
-        files += plot_fig2(results, out, errorbar)
-        files += plot_precision(snaps, out, probe_x, errorbar)
+        palette = model_palette(results.usable)
+        files += plot_fig2(results, out, errorbar, palette)
+        files += plot_precision(snaps, out, probe_x, errorbar, palette)
 
     coverage = coverage_summary(results, tables, not_covered, len(precision))
     (out / "coverage.md").write_text(coverage)

@@ -43,7 +43,8 @@ def _errorbar(kind: str) -> str | tuple[str, int]:
 def _config_name(prefix: str, dataset: str, arch: str, T: object, epochs: object) -> str:
     t = "na" if pd.isna(T) else int(T)
     e = "na" if pd.isna(epochs) else int(epochs)
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{prefix}_{dataset}_{arch}_T{t}_{e}E")
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{prefix}_{dataset}_{arch}_T{t}_{e}E")
+    return re.sub(r"-+(?=_)", "", name)
 
 
 def _configs(runs: pd.DataFrame):
@@ -53,6 +54,13 @@ def _configs(runs: pd.DataFrame):
 def _model_order(runs: pd.DataFrame) -> list[str]:
     ordered = sort_cells(runs.drop_duplicates(["family", "variant"]), ["family", "variant"])
     return [method_label(f, v) for f, v in zip(ordered["family"], ordered["variant"], strict=True)]
+
+
+def model_palette(runs: pd.DataFrame) -> dict[str, tuple[float, float, float]]:
+    """One colour per model (family × variant) of a store, the same in every figure."""
+    order = _model_order(runs)
+    colours = sns.color_palette("tab10" if len(order) <= 10 else "husl", len(order))
+    return dict(zip(order, colours, strict=True))
 
 
 def _title(dataset: str, arch: str, T: object, epochs: object) -> str:
@@ -72,13 +80,16 @@ def save_figure(fig: plt.Figure, out: Path, stem: str) -> list[Path]:
     return paths
 
 
-def plot_fig2(results: Results, out: Path, errorbar: str = "sd") -> list[Path]:
+def plot_fig2(
+    results: Results, out: Path, errorbar: str = "sd", palette: dict | None = None
+) -> list[Path]:
     """Fig. 2: training loss, test loss and test accuracy per epoch, one figure per config.
 
     Args:
         results: A store read with ``history=True``.
         out: Output folder.
         errorbar: ``"sd"`` or ``"ci"`` (see the module docstring).
+        palette: Model label → colour; default `model_palette` of the store's finished runs.
 
     Returns:
         The files written.
@@ -87,6 +98,7 @@ def plot_fig2(results: Results, out: Path, errorbar: str = "sd") -> list[Path]:
     runs = sort_cells(results.usable, [*CELL_KEYS, "run_id"])
     if runs.empty or results.history.empty:
         return []
+    palette = palette or model_palette(runs)
     history = results.history.assign(run_id=results.history["run_id"].astype(str))
     paths = []
     for (dataset, arch, T, epochs), group in _configs(runs):
@@ -101,7 +113,7 @@ def plot_fig2(results: Results, out: Path, errorbar: str = "sd") -> list[Path]:
         for ax, (column, label) in zip(axes, FIG2_PANELS.items(), strict=True):
             sns.lineplot(
                 data=data, x="epoch", y=column, hue="model", hue_order=_model_order(group),
-                errorbar=bar, seed=0, ax=ax, legend=ax is axes[-1],
+                palette=palette, errorbar=bar, seed=0, ax=ax, legend=ax is axes[-1],
             )  # fmt: skip
             ax.set_ylabel(label)
         if axes[-1].get_legend() is not None:
@@ -113,8 +125,9 @@ def plot_fig2(results: Results, out: Path, errorbar: str = "sd") -> list[Path]:
 
 
 def plot_precision(
-    snaps: pd.DataFrame, out: Path, x: str = "epoch", errorbar: str = "sd"
-) -> list[Path]:
+    snaps: pd.DataFrame, out: Path, x: str = "epoch", errorbar: str = "sd",
+    palette: dict | None = None,
+) -> list[Path]:  # fmt: skip
     """Landing precision, mass at argmax and tie rate (rows) per site (columns) over training.
 
     Args:
@@ -122,6 +135,7 @@ def plot_precision(
         out: Output folder.
         x: ``"epoch"`` or ``"step"``.
         errorbar: ``"sd"`` or ``"ci"``.
+        palette: Model label → colour; default `model_palette` of the snapshots' runs.
 
     Returns:
         The files written.
@@ -132,6 +146,7 @@ def plot_precision(
     if snaps.empty:
         return []
     snaps = sort_cells(snaps, [*CELL_KEYS, "site", "run_id", "step", "epoch"])
+    palette = palette or model_palette(snaps)
     paths = []
     for (dataset, arch, T, epochs), group in _configs(snaps):
         sites = sorted(group["site"].unique())
@@ -146,8 +161,8 @@ def plot_precision(
                 ax = axes[row][col]
                 last = row == 0 and col == len(sites) - 1
                 sns.lineplot(
-                    data=data, x=x, y=metric, hue="model", hue_order=order, errorbar=bar,
-                    seed=0, ax=ax, legend=last,
+                    data=data, x=x, y=metric, hue="model", hue_order=order, palette=palette,
+                    errorbar=bar, seed=0, ax=ax, legend=last, marker="o", markersize=3,
                 )  # fmt: skip
                 ax.set_ylabel(label if col == 0 else "")
                 if row == 0:

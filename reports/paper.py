@@ -81,25 +81,42 @@ def parse_model(model: str, family: str | None = None) -> tuple[str, str, int | 
     """Split a registry model name into ``(family, arch, depth, dim)``.
 
     ``spikformer_4_384_cifar`` gives ``("spikformer", "4-384", 4, 384)``: L blocks of width D,
-    the paper's ``Spikformer-L-D``. A name without ``_L_D`` keeps everything after the family as
-    its arch and has no depth or dim.
+    the paper's ``Spikformer-L-D``. The harness records a registered name whose architecture
+    was changed by keyword arguments as ``name(k=v,...)``; ``depth`` and ``embed_dim`` then
+    replace L and D, and the other arguments stay in the arch in parentheses. A name without
+    ``_L_D`` keeps everything after the family as its arch and has no depth or dim.
 
     Example:
         >>> parse_model("spikingformer_8_768_imagenet")
         ('spikingformer', '8-768', 8, 768)
+        >>> parse_model("spikformer_2_384_cifar(depth=1,embed_dim=64,num_heads=4)")
+        ('spikformer', '1-64 (num_heads=4)', 1, 64)
     """
-    match = _MODEL.match(model)
-    if match:
-        depth, dim = int(match["depth"]), int(match["dim"])
-        return family or match["family"], f"{depth}-{dim}", depth, dim
-    head, _, rest = model.partition("_")
-    return family or head, rest or model, None, None
+    name, _, kwargs = model.partition("(")
+    overrides = dict(item.split("=", 1) for item in kwargs.rstrip(")").split(",") if "=" in item)
+    match = _MODEL.match(name)
+    if not match:
+        head = name.partition("_")[0]
+        return family or head, model[len(head) + 1 :] or model, None, None
+    depth = int(overrides.pop("depth", match["depth"]))
+    dim = int(overrides.pop("embed_dim", match["dim"]))
+    extra = ",".join(f"{k}={v}" for k, v in overrides.items())
+    arch = f"{depth}-{dim}" + (f" ({extra})" if extra else "")
+    return family or match["family"], arch, depth, dim
 
 
 def arch_label(family: str, arch: str, epochs: int | None = None) -> str:
-    """A backbone as the paper writes it: ``Spikformer-4-384`` or, with epochs, ``...-400E``."""
-    label = f"{family_label(family)}-{arch}"
-    return label if epochs is None else f"{label}-{epochs}E"
+    """A backbone as the paper writes it: ``Spikformer-4-384`` or, with epochs, ``...-400E``.
+
+    Example:
+        >>> arch_label("spikformer", "1-64 (num_heads=4)", 8)
+        'Spikformer-1-64-8E (num_heads=4)'
+    """
+    core, _, extra = arch.partition(" (")
+    label = f"{family_label(family)}-{core}"
+    if epochs is not None:
+        label += f"-{epochs}E"
+    return f"{label} ({extra}" if extra else label
 
 
 @cache

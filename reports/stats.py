@@ -84,7 +84,7 @@ def summarize_cells(runs: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:
     )
     cells = counts.join(cells, how="left").reset_index()
     cells["n"] = cells["n"].fillna(0).astype(int)
-    cells["seeds"] = cells["seeds"].fillna("")
+    cells["seeds"] = [s if isinstance(s, str) else "" for s in cells["seeds"]]
 
     context = [k for k in keys if k != "variant"]
     base = cells.loc[cells["variant"] == BASELINE, [*context, "n", "mean", "sd"]]

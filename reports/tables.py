@@ -147,7 +147,7 @@ def caption(spec: TableSpec, metric: str, alpha: float = ALPHA) -> str:
 
 
 def _split_arch(arch: pd.Series) -> tuple[pd.Series, pd.Series]:
-    parts = arch.str.extract(r"^(\d+)-(\d+)$").astype(float)
+    parts = arch.str.extract(r"^(\d+)-(\d+)").astype(float)
     return parts[0], parts[1]
 
 

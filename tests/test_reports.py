@@ -307,6 +307,15 @@ def test_datasets_the_paper_lacks_get_a_table1_of_their_own(tmp_path):
     assert "table1 (paper Table 1): not covered" in report.coverage
 
 
+def test_a_store_of_unfinished_runs_still_builds(tmp_path):
+    _write_store(tmp_path, [("r", 0.0, {"dataset": "digits", "status": "running"})])
+    report = build_report(tmp_path, tmp_path / "out", figures=True)
+    md = (tmp_path / "out" / "table1_other.md").read_text()
+    assert "| 0 (1 not finished)" in md
+    assert "0 finished and averaged, 0 failed, 1 unfinished" in report.coverage
+    assert not list((tmp_path / "out").glob("*.png"))
+
+
 @pytest.mark.skipif(shutil.which("pdflatex") is None, reason="needs a LaTeX install")
 def test_latex_tables_compile(built, tmp_path):
     for path in built.glob("*.tex"):
