@@ -17,7 +17,11 @@ def main(argv: list[str] | None = None) -> int:
     build = commands.add_parser(
         "build", help="write the paper's tables, Fig. 2 and the gradient-precision report"
     )
-    build.add_argument("--results", required=True, help="a sweep dir or its results/ store")
+    build.add_argument(
+        "--results", required=True, nargs="+", action="extend",
+        help="sweep dirs, results/ stores or folders of sweep dirs (run ids are then prefixed "
+        "with the sweep's name)",
+    )  # fmt: skip
     build.add_argument("--out", required=True, help="output folder")
     build.add_argument(
         "--metric", choices=METRICS, default="test_top1",

@@ -14,6 +14,7 @@ Outputs (all under ``out``; a table that no run falls into is not written but li
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,13 +100,14 @@ def coverage_summary(
 
 
 def build_report(
-    results_path: str | os.PathLike, out: str | os.PathLike, *, metric: str = "test_top1",
+    results_path: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.PathLike, *, metric: str = "test_top1",
     alpha: float = ALPHA, errorbar: str = "sd", probe_x: str = "epoch", figures: bool = True,
 ) -> Report:  # fmt: skip
     """Read a store and write all tables, figures and the coverage summary.
 
     Args:
-        results_path: A sweep dir (holding ``results/``) or the store folder itself.
+        results_path: A sweep dir (holding ``results/``), the store folder itself, a folder of
+            sweep dirs, or several of these (`reports.load.find_stores`).
         out: Output folder (created).
         metric: ``"test_top1"`` (final epoch) or ``"best_test_top1"`` (max over epochs).
         alpha: Significance level of the Welch test against the baseline.
@@ -117,7 +119,7 @@ def build_report(
         The files written and the coverage summary.
 
     Example:
-        >>> report = build_report("multirun/quickstart", "reports_out")
+        >>> report = build_report("sweeps/quickstart", "reports_out")
         >>> print(report.coverage)
     """
     out = Path(out)

@@ -10,13 +10,15 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from operator import itemgetter
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ablations.store import iter_runs, store_dir
+from ablations.store import RESULTS_DIRNAME, iter_runs, store_dir
 from reports.paper import parse_model
 
 METRICS = ("test_top1", "best_test_top1")
@@ -162,51 +164,89 @@ def _rows_frame(
     return pd.DataFrame(data)
 
 
+def find_stores(roots: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+    """The results stores to read: each root is a store, a sweep dir holding one, or a folder
+    of sweep dirs (``sweeps/``: every ``*/results`` under it, sorted).
+
+    Raises:
+        FileNotFoundError: If no store is found.
+    """
+    roots = [roots] if isinstance(roots, str | os.PathLike) else list(roots)
+    found: list[Path] = []
+    for root in roots:
+        store = store_dir(root)
+        if store.is_dir():
+            found.append(store)
+        else:
+            found += sorted(p for p in Path(root).glob(f"*/{RESULTS_DIRNAME}") if p.is_dir())
+    if not found:
+        raise FileNotFoundError(f"no results store in {', '.join(str(r) for r in roots)}")
+    return found
+
+
+def _store_labels(stores: list[Path]) -> list[str]:
+    """Prefixes that keep run ids apart across stores (sweeps reuse ids like
+    ``downsample=lif_maxpool``): none for one store, else the sweep folder's name."""
+    if len(stores) == 1:
+        return [""]
+    names = [store.parent.name for store in stores]
+    return [
+        f"{name}/" if names.count(name) == 1 else f"{name}.{i}/" for i, name in enumerate(names)
+    ]
+
+
 def load_results(
-    root: str | os.PathLike, *, metric: str = "test_top1", history: bool = True
+    roots: str | os.PathLike | Sequence[str | os.PathLike],
+    *,
+    metric: str = "test_top1",
+    history: bool = True,
 ) -> Results:
-    """Read every run document of a store.
+    """Read every run document of one or more stores.
 
     Args:
-        root: A sweep dir (holding ``results/``) or the store folder itself.
+        roots: A store, a sweep dir holding ``results/``, a folder of sweep dirs, or several of
+            these (see `find_stores`). Across several stores run ids are prefixed with the sweep
+            folder's name.
         metric: The accuracy to report, one of `METRICS`.
         history: Also collect the per-epoch history (needed by the figures, not by the tables).
 
     Returns:
-        The store as `Results`. A corrupt or partial file is skipped with a ``UserWarning``
+        The runs as `Results`. A corrupt or partial file is skipped with a ``UserWarning``
         naming it, and listed in ``skipped``.
 
     Example:
-        >>> results = load_results("multirun/quickstart", metric="best_test_top1")
+        >>> results = load_results("sweeps/quickstart", metric="best_test_top1")
         >>> results.usable.groupby("variant")["acc"].mean()
     """
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; choices: {', '.join(METRICS)}")
-    store = store_dir(root)
+    stores = find_stores(roots)
     records: list[dict] = []
     hist_rows: list[dict] = []
     probe_rows: list[dict] = []
     owners: list[str] = []
     hist_counts: list[int] = []
     probe_counts: list[int] = []
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        for doc in iter_runs(store):
-            record = _run_record(doc, metric)
-            records.append(record)
-            if record["problem"]:
-                continue
-            owners.append(record["run_id"])
-            if history:
-                hist_rows.extend(doc["history"])
-                hist_counts.append(len(doc["history"]))
-            probes = doc.get("probe") or []
-            probe_rows.extend(probes)
-            probe_counts.append(len(probes))
     skipped = []
-    for item in caught:
-        warnings.warn(item.message, item.category, stacklevel=2)
-        skipped.append(str(item.message).replace(f"{store}{os.sep}", ""))
+    for store, label in zip(stores, _store_labels(stores), strict=True):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for doc in iter_runs(store):
+                record = _run_record(doc, metric)
+                record["run_id"] = label + record["run_id"]
+                records.append(record)
+                if record["problem"]:
+                    continue
+                owners.append(record["run_id"])
+                if history:
+                    hist_rows.extend(doc["history"])
+                    hist_counts.append(len(doc["history"]))
+                probes = doc.get("probe") or []
+                probe_rows.extend(probes)
+                probe_counts.append(len(probes))
+        for item in caught:
+            warnings.warn(item.message, item.category, stacklevel=2)
+            skipped.append(str(item.message).replace(f"{store}{os.sep}", label))
 
     runs = pd.DataFrame(records, columns=list(RUN_COLUMNS))
     for column in _INT_COLUMNS:

@@ -307,6 +307,36 @@ def test_datasets_the_paper_lacks_get_a_table1_of_their_own(tmp_path):
     assert "table1 (paper Table 1): not covered" in report.coverage
 
 
+def test_sweeps_with_the_same_run_ids_are_read_together(tmp_path):
+    for dataset in ("cifar10", "cifar100"):  # the harness names runs by their overrides
+        _write_store(tmp_path / "sweeps" / dataset, [
+            ("downsample=lif_maxpool", 90.0, {"dataset": dataset}),
+            ("downsample=maxpool_lif", 92.0, {"dataset": dataset, "variant": "maxpool_lif"}),
+        ])  # fmt: skip
+    runs = load_results(tmp_path / "sweeps").runs
+    assert set(runs["run_id"]) == {
+        f"{d}/downsample={v}"
+        for d in ("cifar10", "cifar100")
+        for v in ("lif_maxpool", "maxpool_lif")
+    }
+    assert (runs["problem"] == "").all()
+    main(
+        [
+            "build",
+            "--results",
+            str(tmp_path / "sweeps" / "cifar10"),
+            str(tmp_path / "sweeps" / "cifar100"),
+            "--out",
+            str(tmp_path / "out"),
+            "--no-figures",
+        ]
+    )
+    md = (tmp_path / "out" / "table1.md").read_text()
+    assert md.count("92.00 (+2.00)") == 2  # CIFAR10 and CIFAR100 in one row
+    with pytest.raises(FileNotFoundError, match="no results store"):
+        load_results(tmp_path / "nowhere")
+
+
 def test_a_store_of_unfinished_runs_still_builds(tmp_path):
     _write_store(tmp_path, [("r", 0.0, {"dataset": "digits", "status": "running"})])
     report = build_report(tmp_path, tmp_path / "out", figures=True)
