@@ -11,6 +11,7 @@ from spikingjelly.activation_based import functional
 
 from gradprobe.downsample import DownsampleSite, list_downsamples
 from gradprobe.models import create_model, list_models
+from gradprobe.probe import find_sites
 
 VARIANTS = list_downsamples()
 
@@ -179,6 +180,14 @@ def test_variant_switch_changes_only_the_sites(name) -> None:
     assert all(s == reference for s in shapes.values())
     # weights move between variants unchanged (strict load)
     tiny(name, "maxpool_lif").load_state_dict(tiny(name, "lif_maxpool").state_dict())
+
+
+@pytest.mark.parametrize("downsample", VARIANTS)
+@pytest.mark.parametrize("name", list_models())
+def test_probe_finds_exactly_the_documented_sites(name, downsample) -> None:
+    found = find_sites(tiny(name, downsample))
+    assert [s.name for s in found] == _lookup(SITES, name)
+    assert all(s.variant == downsample for s in found)
 
 
 def test_spikeformer_resizes_its_temporal_embedding() -> None:

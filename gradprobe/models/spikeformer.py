@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from spikingjelly.activation_based import layer
 from timm.models.vision_transformer import Attention
 from torch import nn
 
@@ -39,6 +38,28 @@ from gradprobe.models import register_model
 from gradprobe.models.base import SpikingClassifier
 from gradprobe.models.layers import init_transformer_weights
 from gradprobe.neuron import NeuronConfig, make_neuron
+
+
+class PooledShortcut(ConvBNLIF):
+    """The SEW shortcut ``AvgPool(stride) → 1x1 conv-BN-PLIF``, pooled functionally.
+
+    The pool is a call, not a module: this reduction happens before the conv, so the shortcut
+    is not a downsampling site, and no pool module sits where a site scan could pair it with
+    the neuron of the preceding conv-BN-PLIF.
+    """
+
+    def __init__(
+        self, in_channels: int, out_channels: int, stride: int, *, neuron: NeuronConfig
+    ) -> None:
+        super().__init__(in_channels, out_channels, 1, neuron=neuron)
+        self.stride = stride
+
+    def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
+        if self.stride > 1:
+            T, B = x_seq.shape[:2]
+            pooled = F.avg_pool2d(x_seq.flatten(0, 1), self.stride, self.stride)
+            x_seq = pooled.reshape(T, B, *pooled.shape[1:])
+        return super().forward(x_seq)
 
 
 class SEWBlock(nn.Module):
@@ -69,11 +90,11 @@ class SEWBlock(nn.Module):
         else:
             self.conv1 = ConvBNLIF(in_channels, out_channels, kernel_size, neuron=neuron)
         self.conv2 = ConvBNLIF(out_channels, out_channels, kernel_size, neuron=neuron)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or in_channels != out_channels:
-            if stride != 1:
-                self.shortcut.append(layer.AvgPool2d(stride, stride, step_mode="m"))
-            self.shortcut.append(ConvBNLIF(in_channels, out_channels, 1, neuron=neuron))
+        self.shortcut = (
+            PooledShortcut(in_channels, out_channels, stride, neuron=neuron)
+            if stride != 1 or in_channels != out_channels
+            else nn.Identity()
+        )
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         return self.conv2(self.conv1(x_seq)) + self.shortcut(x_seq)
