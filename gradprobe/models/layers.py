@@ -270,13 +270,17 @@ def init_transformer_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-def check_img_size(img_size: int, n_sites: int, model: str) -> int:
-    """Reject input sides that the stem cannot halve ``n_sites`` times into a whole token grid."""
-    factor = 2**n_sites
+def check_img_size(img_size: int, form: Form, model: str) -> int:
+    """The token-grid side for ``img_size``; rejects sides the stem cannot halve at every site.
+
+    The references hard-code their grids (e.g. 64/32/16 for 128x128 DVS input); here the grid
+    is computed, so any positive multiple of ``2 ** form.n_sites`` works.
+    """
+    factor = 2**form.n_sites
     if img_size < factor or img_size % factor:
         raise ValueError(
-            f"img_size {img_size} is not supported by {model}: its {n_sites} downsampling sites "
-            f"need a positive multiple of {factor} (e.g. {factor * (128 // factor or 1)})"
+            f"img_size {img_size} is not supported by {model}: its {form.n_sites} downsampling "
+            f"sites need a positive multiple of {factor} (the reference uses {form.img_size})"
         )
     return img_size // factor
 
@@ -319,7 +323,7 @@ class SpikingTransformer(SpikingClassifier):
         self.in_channels = form.in_channels if in_channels is None else int(in_channels)
         self.img_size = form.img_size if img_size is None else int(img_size)
         self.n_sites = form.n_sites
-        self.grid_size = check_img_size(self.img_size, form.n_sites, type(self).__name__)
+        self.grid_size = check_img_size(self.img_size, form, type(self).__name__)
 
     def forward_seq(self, x_seq: torch.Tensor) -> torch.Tensor:
         check_sequence(x_seq)
