@@ -92,7 +92,7 @@ def summarize_precision(snaps: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFram
 
 
 def precision_curves(snaps: pd.DataFrame, x: str = "epoch") -> pd.DataFrame:
-    """Mean and sd over seeds of each site's precision and tie rate at each ``x``."""
+    """Mean, sd and n over seeds of each probe metric per cell, site and ``x``."""
     keys = [*CELL_KEYS, "site", x]
     if snaps.empty:
         return pd.DataFrame(columns=keys)

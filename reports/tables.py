@@ -297,7 +297,7 @@ def build_tables(
     """All tables the cells can fill, and the specs of those they cannot.
 
     Example:
-        >>> results = load_results("multirun/quickstart")
+        >>> results = load_results("sweeps/quickstart")
         >>> tables, not_covered = build_tables(summarize_cells(results.runs), results.metric)
     """
     built, empty = [], []
