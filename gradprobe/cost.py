@@ -211,7 +211,8 @@ def cost_report(
 
     Example:
         >>> df = cost_report("spikformer_4_384_cifar", T=1, embed_dim=32, num_heads=4, depth=1)
-        >>> df.query("scope == 'all sites'").set_index("downsample")["lif_ratio"]["maxpool_lif"]
+        >>> ratios = df[df.scope == "all sites"].set_index("downsample")["lif_ratio"]
+        >>> float(ratios["maxpool_lif"])
         0.25
     """
     frames = []
