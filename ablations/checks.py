@@ -106,6 +106,7 @@ def check_config(cfg: DictConfig) -> int:
     _positive("trainer.eval_batch_size", cfg.trainer.eval_batch_size)
     _positive("trainer.epochs", cfg.trainer.epochs)
     _positive("trainer.max_steps_per_epoch", cfg.trainer.max_steps_per_epoch, allow_none=True)
+    _positive("trainer.cpu_threads", cfg.trainer.cpu_threads, allow_none=True)
     if cfg.probe.name == "landing":
         _positive("probe.every", cfg.probe.every)
     device = str(cfg.trainer.device)

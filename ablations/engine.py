@@ -193,6 +193,8 @@ def run_job(cfg: DictConfig, run_dir: Path, sweep_dir: Path, job_num: int = 0) -
 def fit(cfg: DictConfig, record: RunRecord, device: torch.device, dist: Dist, T: int) -> None:
     """Build everything, resume if a checkpoint exists, and train to the planned epoch count."""
     tcfg = cfg.trainer
+    if device.type == "cpu" and tcfg.cpu_threads:
+        torch.set_num_threads(int(tcfg.cpu_threads))
     seed_everything(int(cfg.seed), bool(tcfg.deterministic))
     backbone = create_model(cfg.model.name, **model_kwargs(cfg)).to(device)
     record.doc["params"] = sum(p.numel() for p in backbone.parameters() if p.requires_grad)

@@ -25,6 +25,7 @@ TINY = [
     "trainer.batch_size=16",
     "trainer.eval_batch_size=64",
     "trainer.progress=none",
+    "trainer.cpu_threads=1",
     "sched.warmup_t=1",
     "optim.lr=5e-3",
 ]
