@@ -100,9 +100,15 @@ def coverage_summary(
 
 
 def build_report(
-    results_path: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.PathLike, *, metric: str = "test_top1",
-    alpha: float = ALPHA, errorbar: str = "sd", probe_x: str = "epoch", figures: bool = True,
-) -> Report:  # fmt: skip
+    results_path: str | os.PathLike | Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    metric: str = "test_top1",
+    alpha: float = ALPHA,
+    errorbar: str = "sd",
+    probe_x: str = "epoch",
+    figures: bool = True,
+) -> Report:
     """Read a store and write all tables, figures and the coverage summary.
 
     Args:

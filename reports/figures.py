@@ -149,12 +149,15 @@ def plot_precision(
     palette = palette or model_palette(snaps)
     paths = []
     for (dataset, arch, T, epochs), group in _configs(snaps):
-        sites = sorted(group["site"].unique())
-        fig, axes = plt.subplots(
-            len(PROBE_METRICS), len(sites), figsize=(3.6 * len(sites) + 1.5, 2.6 * len(PROBE_METRICS)),
-            squeeze=False, sharex=True,
-        )  # fmt: skip
         order = _model_order(group)
+        # one value per run and x (snapshots within an epoch averaged), so bands are over seeds
+        group = group.groupby(["model", "site", x, "run_id"], sort=True)[list(PROBE_METRICS)]
+        group = group.mean().reset_index()
+        sites = sorted(group["site"].unique())
+        size = (3.6 * len(sites) + 1.5, 2.6 * len(PROBE_METRICS))
+        fig, axes = plt.subplots(
+            len(PROBE_METRICS), len(sites), figsize=size, squeeze=False, sharex=True
+        )
         for col, site in enumerate(sites):
             data = group[group["site"] == site]
             for row, (metric, label) in enumerate(PROBE_METRICS.items()):
