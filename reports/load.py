@@ -156,7 +156,10 @@ def _rows_frame(
     data: dict[str, object] = {"run_id": run_id}
     for column in columns:
         if column in _TEXT_FIELDS:
-            data[column] = [r.get(column) for r in rows]
+            try:
+                data[column] = list(map(itemgetter(column), rows))
+            except KeyError:
+                data[column] = [r.get(column) for r in rows]
             continue
         col = numeric[column]
         integral = column in _INT_FIELDS and not np.isnan(col).any()
