@@ -4,7 +4,8 @@ Outputs (all under ``out``; a table that no run falls into is not written but li
 ``coverage.md``):
 
 * ``table1`` … ``table5`` and ``table1_other`` (datasets the paper lacks): ``.csv`` (tidy, one
-  row per cell), ``.tex`` (booktabs) and ``.md``; ``tables.tex`` compiles them all.
+  row per cell), ``.tex`` (booktabs) and ``.md``; ``tables.tex`` compiles them all
+  (with the precision table).
 * ``precision.{csv,tex,md}`` and ``precision_curves.csv``: gradient landing per site.
 * ``cells.csv`` (every cell's statistics) and ``runs.csv`` (every run, with why it is left out).
 * ``fig2_*.{png,pdf}`` and ``precision_*.{png,pdf}``.
@@ -139,10 +140,7 @@ def build_report(
         files += write_formats(
             out, table.spec.stem, table.tidy, table.display, table.caption, table.n_label_columns
         )
-    if tables:
-        inputs = "\n".join(f"\\input{{{t.spec.stem}}}" for t in tables)
-        (out / "tables.tex").write_text(_STANDALONE % inputs)
-        files.append(out / "tables.tex")
+    latex = [t.spec.stem for t in tables]
 
     snaps = snapshots(results)
     precision = summarize_precision(snaps, cells)
@@ -153,6 +151,11 @@ def build_report(
             n_labels,
         )  # fmt: skip
         files.append(_write_csv(precision_curves(snaps, probe_x), out / "precision_curves.csv"))
+        latex.append("precision")
+    if latex:
+        inputs = "\n".join(f"\\input{{{stem}}}" for stem in latex)
+        (out / "tables.tex").write_text(_STANDALONE % inputs)
+        files.append(out / "tables.tex")
 
     files.append(_write_csv(cells, out / "cells.csv"))
     runs = sort_cells(results.runs, [*CELL_KEYS, "seed", "run_id"])[list(RUN_COLUMNS)]
