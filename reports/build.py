@@ -36,6 +36,7 @@ from reports.tables import METRIC_WORDS, Table, TableSpec, build_tables
 _STANDALONE = r"""\documentclass{article}
 \usepackage[a3paper,landscape,margin=1cm]{geometry}
 \usepackage{booktabs}
+\usepackage{longtable}
 \begin{document}
 \scriptsize
 %s
@@ -148,7 +149,7 @@ def build_report(
         display, n_labels = precision_display(precision)
         files += write_formats(
             out, "precision", precision, display, precision_caption(METRIC_WORDS[metric]),
-            n_labels,
+            n_labels, longtable=True,  # a row per cell and site: may run over pages
         )  # fmt: skip
         files.append(_write_csv(precision_curves(snaps, probe_x), out / "precision_curves.csv"))
         latex.append("precision")

@@ -8,6 +8,7 @@ the two never disagree; only the LaTeX escaping differs.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -105,8 +106,11 @@ def to_markdown(display: pd.DataFrame, caption: str) -> str:
     return f"{caption}\n\n{table}\n"
 
 
-def to_latex(display: pd.DataFrame, caption: str, label: str, n_label_columns: int) -> str:
-    """A booktabs ``table`` environment through pandas' Styler; needs ``\\usepackage{booktabs}``."""
+def to_latex(
+    display: pd.DataFrame, caption: str, label: str, n_label_columns: int, longtable: bool = False
+) -> str:
+    """A booktabs table through pandas' Styler; needs ``\\usepackage{booktabs}`` (and
+    ``longtable`` for a ``longtable``, which breaks across pages)."""
     escaped = display.map(latex_escape)
     escaped.columns = pd.MultiIndex.from_tuples(
         [(latex_escape(g), latex_escape(n)) for g, n in display.columns]
@@ -115,20 +119,20 @@ def to_latex(display: pd.DataFrame, caption: str, label: str, n_label_columns: i
     styler = Styler(escaped).hide(axis="index")
     latex = styler.to_latex(
         column_format="l" * n_label_columns + "r" * n_data,
-        position="htbp",
-        position_float="centering",
+        position=None if longtable else "htbp",
+        position_float=None if longtable else "centering",
+        environment="longtable" if longtable else None,
         hrules=True,
         label=label,
         caption=latex_escape(caption),
         multicol_align="c",
     )
-    # Rule each column group off under its header, as booktabs tables do.
-    rules = " ".join(
-        rf"\cmidrule(lr){{{first}-{last}}}" for first, last in _group_spans(display.columns)
-    )
-    head, sep, rest = latex.partition("\\toprule\n")
-    header, newline, body = rest.partition("\n")
-    return f"{head}{sep}{header}{newline}{rules}\n{body}" if rules else latex
+    # Rule each column group off under its header line, as booktabs tables do.
+    spans = _group_spans(display.columns)
+    if not spans:
+        return latex
+    rules = " ".join(rf"\cmidrule(lr){{{first}-{last}}}" for first, last in spans)
+    return re.sub(r"(\\toprule\n[^\n]*\n)", lambda m: f"{m[1]}{rules}\n", latex)
 
 
 def _group_spans(columns: pd.MultiIndex) -> list[tuple[int, int]]:
@@ -146,7 +150,7 @@ def _group_spans(columns: pd.MultiIndex) -> list[tuple[int, int]]:
 
 def write_formats(
     out: Path, stem: str, tidy: pd.DataFrame, display: pd.DataFrame | None, caption: str,
-    n_label_columns: int = 0,
+    n_label_columns: int = 0, longtable: bool = False,
 ) -> list[Path]:  # fmt: skip
     """Write ``<stem>.csv`` (tidy) and, given a display frame, ``<stem>.tex`` and ``<stem>.md``."""
     out.mkdir(parents=True, exist_ok=True)
@@ -154,7 +158,7 @@ def write_formats(
     tidy.to_csv(paths[0], index=False, float_format=CSV_FLOAT, lineterminator="\n")
     if display is not None:
         tex, md = out / f"{stem}.tex", out / f"{stem}.md"
-        tex.write_text(to_latex(display, caption, f"tab:{stem}", n_label_columns))
+        tex.write_text(to_latex(display, caption, f"tab:{stem}", n_label_columns, longtable))
         md.write_text(to_markdown(display, caption))
         paths += [tex, md]
     return paths
