@@ -48,6 +48,7 @@ Outputs and gradients are unchanged, since a clone is the identity in value and 
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,6 +56,7 @@ from typing import Any
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from spikingjelly.activation_based.neuron import BaseNode
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
@@ -215,7 +217,8 @@ class SiteRecord:
         windows_total: Windows per timestep.
         maps: With ``keep_maps``: ``x``, ``grad_x`` ``[T, B, C, H, W]``; ``pooled`` (what the
             pool saw), ``spikes`` (neuron output); per window ``[T, B, C, Ho, Wo]``: ``landing``
-            and ``argmax`` (flat indices into H*W, as ``max_pool2d`` returns them), ``routed``,
+            and ``argmax`` (flat indices into H*W, as ``max_pool2d`` returns them; ``landing``
+            is -1 for average pools, which have no single landing), ``routed``,
             ``tie`` (bool), ``mass`` (share of the window's gradient at the argmax of x,
             float64), ``grad_y`` (dL/dy at the pool output).
     """
@@ -243,7 +246,10 @@ class _Call:
     index: int
     x: torch.Tensor | None  # the saved pre-spike map, dropped once measured (unless kept)
     x_shape: torch.Size
-    x_clone_ptr: int
+    # Aliases of the module outputs, held until the pool has run so that their memory cannot
+    # be reused meanwhile: the pool's input is identified by sharing their storage.
+    x_alias: torch.Tensor | None = None
+    spikes_alias: torch.Tensor | None = None
     T: int | None = None
     order: str | None = None  # "pool_first" | "neuron_first"
     spike_rate: torch.Tensor | None = None
@@ -263,19 +269,67 @@ def _pair(v: Any) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else tuple(v)
 
 
-def _windows(
-    m: torch.Tensor, pool: nn.Module, out_hw: tuple[int, int], fill: float
-) -> torch.Tensor:
-    """Every window of ``m`` ``[N, C, H, W]`` as ``[N, C, K, Ho*Wo]``, padding = ``fill``."""
-    k, s, p, d = (_pair(a) for a in _pool_args(pool)[:4])
-    H, W = m.shape[-2:]
-    extra = [
-        max(0, (o - 1) * s_ + d_ * (k_ - 1) + 1 - (n + 2 * p_))
-        for o, s_, d_, k_, n, p_ in zip(out_hw, s, d, k, (H, W), p, strict=True)
-    ]
-    padded = F.pad(m, (p[1], p[1] + extra[1], p[0], p[0] + extra[0]), value=fill)
-    cols = F.unfold(padded, k, dilation=d, stride=s)
-    return cols.view(m.shape[0], m.shape[1], k[0] * k[1], -1)
+def _tap_ranges(n_in: int, n_out: int, k: int, s: int, p: int, d: int) -> list[tuple[slice, slice]]:
+    """Per kernel tap along one axis: (output windows whose tap is inside the map, input slice)."""
+    ranges = []
+    for a in range(k):
+        offset = a * d - p  # input index of the tap in window i is i * s + offset
+        first = max(0, (s - 1 - offset) // s)
+        last = min(n_out, (n_in - 1 - offset) // s + 1)
+        if last <= first:
+            ranges.append((slice(0, 0), slice(0, 0)))
+            continue
+        start = first * s + offset
+        ranges.append((slice(first, last), slice(start, start + (last - first - 1) * s + 1, s)))
+    return ranges
+
+
+@functools.lru_cache(maxsize=64)
+def _taps(
+    geometry: tuple, in_hw: tuple[int, int], out_hw: tuple[int, int]
+) -> tuple[list, torch.Tensor]:
+    """Every window tap as (output rows, output cols, input rows, input cols) slices, and the
+    number of real (non-padding) positions per window ``[Ho, Wo]``. Padding is never built."""
+    k, s, p, d = (_pair(a) for a in geometry[:4])
+    rows = _tap_ranges(in_hw[0], out_hw[0], k[0], s[0], p[0], d[0])
+    cols = _tap_ranges(in_hw[1], out_hw[1], k[1], s[1], p[1], d[1])
+    taps = [(ro, co, ri, ci) for ro, ri in rows for co, ci in cols]
+    real_rows = torch.zeros(out_hw[0], dtype=torch.float64)
+    real_cols = torch.zeros(out_hw[1], dtype=torch.float64)
+    for ro, _ in rows:
+        real_rows[ro] += 1
+    for co, _ in cols:
+        real_cols[co] += 1
+    return taps, real_rows[:, None] * real_cols[None, :]
+
+
+def _ties(m: torch.Tensor, values: torch.Tensor, taps: list) -> torch.Tensor:
+    """Windows whose maximum ``values`` is attained at more than one position of ``m``."""
+    count = torch.zeros(values.shape, dtype=torch.int16, device=values.device)
+    for ro, co, ri, ci in taps:
+        count[..., ro, co] += m[..., ri, ci] == values[..., ro, co]
+    return count > 1
+
+
+def _fast_layout(t: torch.Tensor) -> torch.Tensor:
+    # PyTorch's CPU pooling kernels are several times faster on channels-last maps.
+    return t.contiguous(memory_format=torch.channels_last) if t.device.type == "cpu" else t
+
+
+def _saved(x: torch.Tensor) -> torch.Tensor:
+    """x for the window analysis: the original (downstream works on a clone), channels-last
+    on CPU."""
+    return _fast_layout(_flat(x.detach()))
+
+
+def _same_memory(a: torch.Tensor, b: torch.Tensor | None) -> bool:
+    return b is not None and a.data_ptr() == b.data_ptr() and a.numel() == b.numel()
+
+
+def _spike_count(spikes: torch.Tensor, pool: nn.Module) -> torch.Tensor:
+    """Spikes per window (a sum pool; padding adds nothing)."""
+    k, s, p, _, ceil = _pool_args(pool)
+    return F.avg_pool2d(spikes, k, s, p, ceil_mode=ceil, count_include_pad=True, divisor_override=1)
 
 
 def _max_indices(m: torch.Tensor, pool: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
@@ -434,8 +488,10 @@ class Probe:
                 x.register_hook(self._close_step)
                 return None
             calls = self._calls.setdefault(site.name, [])
+            # captum's pattern: downstream gets a clone, so in-place ops there cannot touch x
+            # or the hook registered on it.
             x_down = x.clone()
-            call = _Call(site, self.step, len(calls), x.detach(), x.shape, x_down.data_ptr())
+            call = _Call(site, self.step, len(calls), _saved(x), x.shape, x_down.detach())
             calls.append(call)
             self._current[site.name] = call
             x.register_hook(lambda g: self._on_grad_x(call, g))
@@ -457,48 +513,66 @@ class Probe:
             call.order = call.order or "neuron_first"
             spikes = out.detach()
             call.spike_rate = _per_t(spikes, call.T).float().mean(1)
+            if isinstance(module, BaseNode) and getattr(module.surrogate_function, "spiking", True):
+                call.spikes_alias = spikes  # Heaviside output: exactly 0 or 1
             if self.keep_maps:
                 call.maps["spikes"] = spikes.clone()
 
         return hook
 
     def _pool_hook(self, site: Site):
-        def hook(module: nn.Module, args: tuple, y: torch.Tensor) -> torch.Tensor | None:
+        def hook(module: nn.Module, args: tuple, out: Any) -> Any:
             call = self._current.get(site.name)
             if call is None or call.hit is not None or call.share is not None:
                 return None
             call.order = call.order or "pool_first"
+            y = out[0] if isinstance(out, tuple) else out  # MaxPool2d(return_indices=True)
             pooled = args[0].detach()
-            self._measure_windows(call, module, _flat(pooled), y)
+            self._measure_windows(call, module, _flat(pooled), _flat(y.detach()))
             if self.keep_maps:
                 call.maps["pooled"] = pooled.clone()
             else:
                 call.x = None
             y_down = y.clone()
             y.register_hook(lambda g: self._on_grad_y(call, g))
-            return y_down
+            return (y_down, *out[1:]) if isinstance(out, tuple) else y_down
 
         return hook
 
     def _measure_windows(
-        self, call: _Call, pool: nn.Module, pooled: torch.Tensor, y: torch.Tensor
+        self, call: _Call, pool: nn.Module, pooled: torch.Tensor, values: torch.Tensor
     ) -> None:
+        """Per window: landing == argmax of x (max pools), share at the argmax (avg pools) and
+        ties of the maximum, all vectorised over windows. ``values`` is the pool output."""
+        pooled_is_x = _same_memory(pooled, call.x_alias)
+        binary = _same_memory(pooled, call.spikes_alias)
+        call.x_alias = call.spikes_alias = None
+        is_max = isinstance(pool, nn.MaxPool2d)
         x = _flat(call.x)
-        pooled_is_x = pooled.data_ptr() == call.x_clone_ptr
-        values, landing = _max_indices(pooled, pool)
-        out_hw = tuple(values.shape[-2:])
-        if isinstance(pool, nn.MaxPool2d):
-            argmax = landing if pooled_is_x else _max_indices(x, pool)[1]  # eq. (11) / eq. (7)
+        seen = x if pooled_is_x else _fast_layout(pooled)
+        if not is_max:  # the window maximum of x, for its ties
+            k, s, p, d, ceil = _pool_args(pool)
+            values = F.max_pool2d(x, k, s, p, d, ceil_mode=ceil)
+        taps, n_real = _taps(_pool_args(pool), tuple(x.shape[-2:]), tuple(values.shape[-2:]))
+        if is_max and binary and _pair(_pool_args(pool)[3]) == (1, 1):
+            # a tie is several spikes, or none in a window of 2+ positions
+            count = _spike_count(seen, pool)
+            call.tie = (count > 1) | ((count == 0) & (n_real > 1).to(count.device))
+        else:
+            call.tie = _ties(seen if is_max else x, _fast_layout(values), taps)
+        argmax = landing = None
+        if self.keep_maps or (is_max and not pooled_is_x):
+            argmax = _max_indices(x, pool)[1]
+        if is_max and pooled_is_x:  # eq. (11): the pool routes to the argmax of x itself
+            landing = argmax
+            call.hit = torch.ones(values.shape, dtype=torch.bool, device=values.device)
+        elif is_max:  # eq. (7): the pool routes to its maximum over what it saw (spikes)
+            landing = _max_indices(seen, pool)[1]
             call.hit = landing == argmax
         else:
-            argmax = _max_indices(x, pool)[1]
-            ones = torch.ones(1, 1, *x.shape[-2:], dtype=x.dtype, device=x.device)
-            n_real = _windows(ones, pool, out_hw, 0.0).sum(2).view(out_hw)
-            call.share = 1.0 / n_real.double()  # float64: 1/9 stays 1/9 through the means
-        cols = _windows(pooled, pool, out_hw, -math.inf)
-        call.tie = (cols == values.flatten(-2).unsqueeze(2)).sum(2).view_as(values) > 1
+            call.share = (1.0 / n_real).to(values.device)  # float64: 1/9 stays 1/9
         if self.keep_maps:
-            call.maps["landing"] = landing
+            call.maps["landing"] = landing if landing is not None else torch.full_like(argmax, -1)
             call.maps["argmax"] = argmax
             call.maps["tie"] = call.tie
             mass = call.hit.double() if call.hit is not None else call.share.expand_as(values)
@@ -511,6 +585,7 @@ class Probe:
 
     def _on_grad_x(self, call: _Call, grad: torch.Tensor) -> None:
         self._open = False  # a backward reached the sites: the next site forward is a new step
+        call.x_alias = call.spikes_alias = None
         site = call.site
         T = call.T or (call.x_shape[0] if len(call.x_shape) == 5 else 1)
         earlier = self._calls.get(site.name, [])[: call.index] if call.step == self.step else []
@@ -561,7 +636,7 @@ class Probe:
                 spike_rate=spike_rate,
                 windows=windows,
                 windows_total=total,
-                grad_abs_mean=_per_t(g, T).abs().mean(1),
+                grad_abs_mean=torch.linalg.vector_norm(_per_t(g, T), 1, dim=1) / (g.numel() // T),
                 maps=maps,
             )
         )
