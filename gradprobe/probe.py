@@ -27,7 +27,9 @@ train anything):
 ``tie_rate``
     Fraction of those windows whose maximum, in the map the pool sees, is attained at more
     than one position: for max over binary spikes that is "several spikes or none", the case
-    where eq. (7)'s first-index rule decides; for pools over x it counts exact ties of x.
+    where eq. (7)'s first-index rule decides; for pools over x it counts exact ties of x,
+    where eq. (11)'s argmax is itself decided by the first-index rule. Such ties are common
+    at sites fed by spikes: every silent receptive field gives the same x.
 ``spike_rate``
     Mean output of the site's neuron at that timestep (all neurons, all samples).
 ``windows`` / ``windows_total``
@@ -40,10 +42,13 @@ downsamples and every position of x routes only its own gradient, so there is no
 position to measure. Precision, mass and tie rate are NaN, ``windows`` is 0; spike rate and
 ``grad_abs_mean`` are reported.
 
-Hooks follow captum's pattern: a forward hook saves a module's output, registers
-``Tensor.register_hook`` on it and hands a clone downstream, so in-place ops after the site
-cannot change what was saved or break the hook (``register_full_backward_hook`` does break).
-Outputs and gradients are unchanged, since a clone is the identity in value and in backward.
+Hooks follow captum's pattern: a forward hook on the BN (and on the pool) keeps the module's
+output, registers ``Tensor.register_hook`` on it and hands a clone downstream, so in-place ops
+after the site cannot change what was kept or break the hook (``register_full_backward_hook``
+does break). Outputs and gradients are unchanged, since a clone is the identity in value and in
+backward. The window analysis runs in the forward hooks, vectorised over windows (pooling
+kernels, channels-last on CPU, and one strided slice per kernel tap instead of ``unfold``), and
+keeps only per-window booleans until backward; no value leaves the device before `to_frame`.
 """
 
 from __future__ import annotations
@@ -591,7 +596,7 @@ class Probe:
         earlier = self._calls.get(site.name, [])[: call.index] if call.step == self.step else []
         t0 = sum(c.T or 1 for c in earlier)
         g = grad.detach()
-        nan = torch.full((T,), math.nan, device=g.device)
+        nan = torch.full((T,), math.nan, device=g.device)  # float32, whatever dtype x has
         spike_rate = call.spike_rate if call.spike_rate is not None else nan
         if site.pool is None:
             precision = mass = tie_rate = nan
@@ -602,7 +607,7 @@ class Probe:
             routed = _per_t(routed, T)
             windows = routed.sum(1)
             total = routed.shape[1]
-            denom = windows.clamp(min=1).to(g.dtype)
+            denom = windows.clamp(min=1).float()
             empty = windows == 0
             tie_rate = (_per_t(call.tie, T) & routed).sum(1) / denom
             if call.hit is not None:
@@ -636,7 +641,8 @@ class Probe:
                 spike_rate=spike_rate,
                 windows=windows,
                 windows_total=total,
-                grad_abs_mean=torch.linalg.vector_norm(_per_t(g, T), 1, dim=1) / (g.numel() // T),
+                grad_abs_mean=torch.linalg.vector_norm(_per_t(g, T), 1, dim=1, dtype=torch.float32)
+                / (g.numel() // T),
                 maps=maps,
             )
         )
