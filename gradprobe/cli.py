@@ -4,7 +4,9 @@ For every requested variant the same untrained model (same seed, so the same ini
 runs forward and backward on the same images with a `gradprobe.probe.Probe` attached. The loss
 for backward is the cross-entropy of the model's logits (mean over T) against the true labels:
 an untrained network's gradient is what the first training step would use, and the landing
-question is about routing, not about how good the gradient is.
+question is about routing, not about how good the gradient is. The model runs in training mode
+(BatchNorm normalises with the batch statistics, as in a training step); neuron state is reset
+before every batch.
 
 User errors (unknown model or variant, missing data, bad numbers) print one line and exit 2.
 """

@@ -705,21 +705,20 @@ def summarize(frame: pd.DataFrame, by: tuple[str, ...] = ("site", "variant")) ->
         ``spike_rate``, ``windows`` (summed) and ``grad_abs_mean``.
     """
 
-    def agg(g: pd.DataFrame) -> pd.Series:
-        w = g["windows"].astype(float)
-        total = w.sum()
-        weighted = {
-            c: (g[c] * w).sum(min_count=1) / total if total > 0 else math.nan
-            for c in ("precision", "mass_at_argmax", "tie_rate")
-        }
-        return pd.Series(
-            {
-                **weighted,
-                "spike_rate": g["spike_rate"].mean(),
-                "windows": int(total),
-                "grad_abs_mean": g["grad_abs_mean"].mean(),
-            }
-        )
-
-    out = frame.groupby(list(by), sort=False).apply(agg, include_groups=False).reset_index()
-    return out.astype({"windows": "int64"})
+    weighted = ["precision", "mass_at_argmax", "tie_rate"]
+    w = frame["windows"].astype(float)
+    parts = frame[list(by)].assign(
+        windows=frame["windows"],
+        spike_rate=frame["spike_rate"],
+        grad_abs_mean=frame["grad_abs_mean"],
+        **{f"_{c}": frame[c] * w for c in weighted},
+    )
+    groups = parts.groupby(list(by), sort=False)
+    out = groups[["spike_rate", "grad_abs_mean"]].mean()
+    sums = groups[["windows", *(f"_{c}" for c in weighted)]].sum(min_count=1)
+    total = sums["windows"].where(sums["windows"] > 0)  # no window: NaN, not 0/0 warnings
+    for c in weighted:
+        out[c] = sums[f"_{c}"] / total
+    out["windows"] = sums["windows"].fillna(0).astype("int64")
+    columns = [*weighted, "spike_rate", "windows", "grad_abs_mean"]
+    return out[columns].reset_index()
