@@ -75,10 +75,19 @@ def git_sha() -> str | None:
     return out.stdout.strip() or None
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` so that readers see the old or the new file, never a partial one."""
+def _temporary(path: Path) -> tuple[int, str]:
+    """A temporary file beside ``path`` with the permissions a plain ``open`` would give."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files
+    return fd, tmp
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` so that readers see the old or the new file, never a partial one."""
+    fd, tmp = _temporary(path)
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
@@ -179,8 +188,7 @@ class RunRecord:
         """Atomically replace ``checkpoints/last.pt``."""
         if not self.writes:
             return
-        self.checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.checkpoint_path.parent, prefix=".last.", suffix=".tmp")
+        fd, tmp = _temporary(self.checkpoint_path)
         os.close(fd)
         try:
             torch.save(state, tmp)

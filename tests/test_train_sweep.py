@@ -1,0 +1,74 @@
+"""``python -m ablations.train`` as users run it: subprocess sweeps and a real-data run."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+
+import ablations.configs  # noqa: F401  (registers the model group)
+from ablations import engine, store
+
+ROOT = Path(__file__).resolve().parents[1]
+CIFAR10_JPEG = ROOT.parent / "shared" / "data" / "cifar10-jpeg"
+TINY = [
+    "dataset=synthetic",
+    "model=sps_tokenizer_cifar",
+    "+model.kwargs.embed_dim=16",
+    "trainer.epochs=1",
+    "trainer.cooldown_epochs=0",
+    "trainer.batch_size=32",
+    "trainer.cpu_threads=1",
+    "sched.warmup_t=0",
+    "experiment_name=cli",
+]
+
+
+def cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "ablations.train", *args, *TINY, f"paths.sweeps={tmp_path}"]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_sweep_isolates_a_failing_job_and_a_rerun_skips_finished_runs(tmp_path):
+    first = cli(tmp_path, "-m", "model.T=2,0")
+    output = first.stdout + first.stderr
+    assert first.returncode == 1, output
+    assert "model.T must be a positive integer, got 0" in output and "Traceback" not in output
+    runs = {doc["run_id"]: doc for doc in store.iter_runs(tmp_path / "cli")}
+    assert {doc["status"] for doc in runs.values()} == {"finished", "failed"}
+    finished = next(doc for doc in runs.values() if doc["status"] == "finished")
+    assert finished["run_dir"] == finished["run_id"] and "model.T=2" in finished["run_id"]
+    assert (tmp_path / "cli" / finished["run_id"] / "checkpoints" / "last.pt").exists()
+
+    again = cli(tmp_path, "-m", "model.T=2,0")
+    assert again.returncode == 1
+    assert "finished before" in again.stdout + again.stderr
+    assert store.read_run(tmp_path / "cli", finished["run_id"])["history"] == finished["history"]
+
+    single = cli(tmp_path, "dataset.img_size=30")
+    assert single.returncode == 1
+    assert "img_size 30 is not supported" in single.stdout + single.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CIFAR10_JPEG.is_dir(), reason="needs the shared cifar10-jpeg folder")
+def test_a_few_hundred_steps_on_real_cifar10_beat_chance(tmp_path):
+    with initialize_config_module("ablations.conf", version_base="1.3"):
+        cfg = compose(
+            "config",
+            overrides=[
+                "experiment=cifar10_jpeg_cpu",
+                "downsample=maxpool_lif",
+                f"paths.data={CIFAR10_JPEG.parent}",
+                "trainer.progress=none",
+            ],
+        )
+    assert engine.run_job(cfg, tmp_path / "run", tmp_path) == "finished"
+    doc = store.read_run(tmp_path, "run")
+    steps = sum(1 for _ in doc["history"]) * cfg.trainer.max_steps_per_epoch
+    assert steps == 300
+    assert doc["final"]["test_top1"] > 25.0, doc["history"]  # chance is 10 %
