@@ -48,9 +48,9 @@ def _lif_forward(
         h = v + (x[t] - (v - v_reset)) / tau if decay_input else v - (v - v_reset) / tau + x[t]
         fired = h >= v_th
         v = torch.where(fired, v_reset, h) if hard_reset else torch.where(fired, h - v_th, h)
-        spikes.append(fired)
+        spikes.append(fired.to(x.dtype))
         charged.append(h)
-    return torch.stack(spikes).to(x.dtype), torch.stack(charged), v
+    return torch.stack(spikes), torch.stack(charged), v
 
 
 def _lif_backward(
