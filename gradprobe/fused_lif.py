@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -92,6 +93,8 @@ def compiler_available() -> bool:
 
 
 def _kernels(compiled: bool) -> tuple[Callable, Callable]:
+    if compiled and not compiler_available():
+        compiled = False
     if compiled not in _KERNELS:
         # dynamic=True: one kernel serves every layer width N (T is specialised, it is a loop).
         _KERNELS[compiled] = (
@@ -104,9 +107,17 @@ def _kernels(compiled: bool) -> tuple[Callable, Callable]:
 class _FusedLIF(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, v, params, flags, compiled):
-        forward_kernel, _ = _kernels(compiled)
         tau, v_th, v_reset, _alpha = params
-        spikes, h, v_last = forward_kernel(x, v, tau, v_th, v_reset, flags[0], flags[1])
+        try:
+            spikes, h, v_last = _kernels(compiled)[0](x, v, tau, v_th, v_reset, *flags[:2])
+        except Exception as error:  # a broken toolchain must not stop training: run eager
+            if not compiled:
+                raise
+            warnings.warn(
+                f"fused LIF: TorchInductor build failed ({error}); using eager ops", stacklevel=2
+            )
+            _KERNELS[True] = _KERNELS[False]
+            spikes, h, v_last = _lif_forward(x, v, tau, v_th, v_reset, *flags[:2])
         ctx.save_for_backward(h, *params)
         ctx.flags = flags
         ctx.compiled = compiled
