@@ -555,9 +555,9 @@ class Probe:
         is_max = isinstance(pool, nn.MaxPool2d)
         x = _flat(call.x)
         seen = x if pooled_is_x else _fast_layout(pooled)
-        if not is_max:  # the window maximum of x, for its ties
-            k, s, p, d, ceil = _pool_args(pool)
-            values = F.max_pool2d(x, k, s, p, d, ceil_mode=ceil)
+        argmax = landing = None
+        if not is_max:  # the window maximum of x, for its ties (indices: faster on CPU)
+            values, argmax = _max_indices(x, pool)
         taps, n_real = _taps(_pool_args(pool), tuple(x.shape[-2:]), tuple(values.shape[-2:]))
         if is_max and binary and _pair(_pool_args(pool)[3]) == (1, 1):
             # a tie is several spikes, or none in a window of 2+ positions
@@ -565,8 +565,7 @@ class Probe:
             call.tie = (count > 1) | ((count == 0) & (n_real > 1).to(count.device))
         else:
             call.tie = _ties(seen if is_max else x, _fast_layout(values), taps)
-        argmax = landing = None
-        if self.keep_maps or (is_max and not pooled_is_x):
+        if argmax is None and (self.keep_maps or (is_max and not pooled_is_x)):
             argmax = _max_indices(x, pool)[1]
         if is_max and pooled_is_x:  # eq. (11): the pool routes to the argmax of x itself
             landing = argmax
@@ -615,8 +614,9 @@ class Probe:
                 mass = precision
             else:
                 precision = nan
-                share = call.share.expand(routed.shape[1] // call.share.numel(), -1, -1)
-                mass = (routed * share.reshape(1, -1)).sum(1) / denom
+                # the share depends on the window's place only: count routed windows per place
+                per_place = routed.reshape(T, -1, call.share.numel()).sum(1)
+                mass = (per_place.double() * call.share.flatten()).sum(1) / denom
             precision, mass, tie_rate = (
                 torch.where(empty, nan, v) for v in (precision, mass, tie_rate)
             )
