@@ -166,6 +166,8 @@ def run_job(cfg: DictConfig, run_dir: Path, sweep_dir: Path, job_num: int = 0) -
         job_num: The job's number in the sweep (GPU choice with ``trainer.gpu_by_job_num``).
     """
     dist = Dist.from_config(cfg.trainer)
+    if not dist.is_main:
+        log.setLevel(logging.WARNING)  # one voice per run: rank 0 reports progress
     record = RunRecord(run_dir, sweep_dir, store_identity(cfg, None), writes=dist.is_main)
     previous = record.previous()
     if previous and previous["status"] == "finished" and not cfg.trainer.rerun_finished:
@@ -256,7 +258,16 @@ def fit(cfg: DictConfig, record: RunRecord, device: torch.device, dist: Dist, T:
             )
             if probe is not None:
                 probe.disable()  # evaluation steps are not training steps
-            test = evaluate(net, backbone, data, int(tcfg.eval_batch_size), amp, dist, device)
+            # without the DDP wrapper: ranks may hold different numbers of test batches
+            test = evaluate(
+                getattr(net, "module", net),
+                backbone,
+                data,
+                int(tcfg.eval_batch_size),
+                amp,
+                dist,
+                device,
+            )
             if probe is not None:
                 probe.enable()
             step_scheduler(scheduler, epoch + 1)

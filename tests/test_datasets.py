@@ -222,8 +222,9 @@ def test_dvs128_gesture_official_split(tmp_path):
     write_dvs128_gesture(tmp_path)
     data = build(dataset_cfg("dvs128", root=str(tmp_path)), frames=5)
     assert (data.train_size, data.test_size) == (11, 11)
-    frames, label = data.train_set[0]
+    frames, label = data.test_set[0]  # the test split is not augmented
     assert frames.shape == (5, 2, 128, 128) and frames.sum() == 40 and label == 0
+    assert data.train_set[0][0].shape == (5, 2, 128, 128)
 
 
 def test_missing_dvs_data_says_how_to_get_it(tmp_path):

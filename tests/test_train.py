@@ -119,6 +119,11 @@ def test_run_records_every_file(tmp_path):
     assert doc["versions"]["torch"] == torch.__version__.split("+")[0] or doc["versions"]["torch"]
 
 
+def test_tensorboard_logger_writes_event_files(tmp_path):
+    assert run(config("trainer.epochs=1", "logger=tensorboard"), tmp_path) == "finished"
+    assert list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))
+
+
 def test_finished_runs_are_skipped(tmp_path, monkeypatch):
     cfg = config("trainer.epochs=1")
     assert run(cfg, tmp_path) == "finished"

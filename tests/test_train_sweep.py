@@ -55,6 +55,31 @@ def test_sweep_isolates_a_failing_job_and_a_rerun_skips_finished_runs(tmp_path):
 
 
 @pytest.mark.slow
+def test_ddp_over_two_cpu_processes(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "-m",
+        "ablations.train",
+    ]
+    cmd += [
+        *TINY,
+        "trainer.epochs=2",
+        "trainer.batch_size=16",
+        "trainer.ddp=true",
+        f"paths.sweeps={tmp_path}",
+    ]
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (doc,) = store.iter_runs(tmp_path / "cli")
+    assert doc["status"] == "finished" and len(doc["history"]) == 2
+    assert doc["history"][0]["test_top1"] >= 0 and doc["final"]["epochs_done"] == 2
+
+
+@pytest.mark.slow
 @pytest.mark.skipif(not CIFAR10_JPEG.is_dir(), reason="needs the shared cifar10-jpeg folder")
 def test_a_few_hundred_steps_on_real_cifar10_beat_chance(tmp_path):
     with initialize_config_module("ablations.conf", version_base="1.3"):
