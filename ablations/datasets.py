@@ -273,18 +273,19 @@ def _synthetic(cfg: DictConfig, *, device, seed, **_) -> TensorData:
 
 def _torchvision_cifar(cls, cfg: DictConfig, folder: str, url: str) -> tuple[Batch, Batch]:
     root = Path(cfg.root)
-    hint = (
-        f"{cls.__name__} not found: expected {root / folder}/ (the python version). "
-        f"Run with dataset.download=true to fetch {url}, or extract that archive into {root}/."
-    )
+    where = f"{cls.__name__} not found: expected {root / folder}/ (the python version)."
     splits = []
     for train in (True, False):
         try:
             ds = cls(str(root), train=train, download=bool(cfg.download))
         except RuntimeError as err:  # torchvision: "Dataset not found or corrupted"
-            raise DataNotFoundError(hint) from err
+            raise DataNotFoundError(
+                f"{where} Run with dataset.download=true to fetch {url}, or extract that archive into {root}/."
+            ) from err
         except OSError as err:  # no network, refused connection, ...
-            raise DataNotFoundError(f"{hint} Download failed: {err}") from err
+            raise DataNotFoundError(
+                f"{where} Downloading {url} failed ({err}): fetch it elsewhere and extract it into {root}/."
+            ) from err
         images = torch.from_numpy(np.asarray(ds.data)).permute(0, 3, 1, 2).contiguous()
         splits.append((images, torch.as_tensor(ds.targets, dtype=torch.int64)))
     return splits[0], splits[1]
