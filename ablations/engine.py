@@ -21,7 +21,8 @@ import os
 import random
 import sys
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -97,14 +98,32 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def seed_everything(seed: int, deterministic: bool) -> None:
+def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
+
+
+@contextmanager
+def torch_settings(cfg: DictConfig) -> Iterator[None]:
+    """Thread count and deterministic kernels for one run (``trainer`` group), restored after it
+    so that a process running several jobs, or a test session, keeps its own settings."""
+    threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    benchmark = torch.backends.cudnn.benchmark
+    try:
+        if cfg.cpu_threads:
+            torch.set_num_threads(int(cfg.cpu_threads))
+        if cfg.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        torch.backends.cudnn.benchmark = benchmark
 
 
 def pick_device(cfg: DictConfig, job_num: int, dist: Dist) -> torch.device:
@@ -179,7 +198,8 @@ def run_job(cfg: DictConfig, run_dir: Path, sweep_dir: Path, job_num: int = 0) -
     try:
         T = check_config(cfg)
         record.doc.update(store_identity(cfg, T))
-        fit(cfg, record, pick_device(cfg.trainer, job_num, dist), dist, T)
+        with torch_settings(cfg.trainer):
+            fit(cfg, record, pick_device(cfg.trainer, job_num, dist), dist, T)
         return "finished"
     except (ConfigError, DataNotFoundError, NonFiniteLossError) as err:
         log.error("%s failed: %s", record.run_id, err)
@@ -195,9 +215,7 @@ def run_job(cfg: DictConfig, run_dir: Path, sweep_dir: Path, job_num: int = 0) -
 def fit(cfg: DictConfig, record: RunRecord, device: torch.device, dist: Dist, T: int) -> None:
     """Build everything, resume if a checkpoint exists, and train to the planned epoch count."""
     tcfg = cfg.trainer
-    if device.type == "cpu" and tcfg.cpu_threads:
-        torch.set_num_threads(int(tcfg.cpu_threads))
-    seed_everything(int(cfg.seed), bool(tcfg.deterministic))
+    seed_everything(int(cfg.seed))
     backbone = create_model(cfg.model.name, **model_kwargs(cfg)).to(device)
     record.doc["params"] = sum(p.numel() for p in backbone.parameters() if p.requires_grad)
     data = build_dataset(
