@@ -235,8 +235,12 @@ def build_dataset(
         A `TensorData` or `LoaderData`.
 
     Example:
-        >>> data = build_dataset(OmegaConf.create({"loader": "digits", "img_size": 16, ...}),
-        ...                      device=torch.device("cpu"), seed=0)
+        >>> from omegaconf import OmegaConf
+        >>> cfg = OmegaConf.create({"loader": "digits", "img_size": 16, "in_channels": 3,
+        ...                         "mean": [0.2] * 3, "std": [0.3] * 3})
+        >>> data = build_dataset(cfg, device=torch.device("cpu"), seed=0)
+        >>> data.train_size, data.test_size
+        (1437, 360)
     """
     loader = DATASETS.get(cfg.loader)
     return loader(cfg, device=device, seed=seed, frames=frames, num_workers=num_workers)

@@ -35,7 +35,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ablations.checks import ConfigError, check_config, model_kwargs
-from ablations.datasets import build_dataset
+from ablations.datasets import LoaderData, TensorData, build_dataset
 from ablations.distributed import Dist
 from ablations.losses import SoftTargets, build_loss
 from ablations.rundir import RunRecord
@@ -352,7 +352,17 @@ def fit(cfg: DictConfig, record: RunRecord, device: torch.device, dist: Dist, T:
 
 
 def train_one_epoch(
-    net, backbone, data, loss_fn, targets, optimizer, epoch, tcfg, amp, dist, device
+    net: nn.Module,
+    backbone: nn.Module,
+    data: TensorData | LoaderData,
+    loss_fn: nn.Module,
+    targets: SoftTargets,
+    optimizer: torch.optim.Optimizer,
+    epoch: int,
+    tcfg: DictConfig,
+    amp: bool,
+    dist: Dist,
+    device: torch.device,
 ) -> dict:
     """One pass over the training split; returns mean loss, top-1 and throughput figures."""
     net.train()
@@ -409,7 +419,15 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def evaluate(net, backbone, data, batch_size, amp, dist, device) -> dict:
+def evaluate(
+    net: nn.Module,
+    backbone: nn.Module,
+    data: TensorData | LoaderData,
+    batch_size: int,
+    amp: bool,
+    dist: Dist,
+    device: torch.device,
+) -> dict:
     """Loss, top-1 and top-5 on the test split (the mean over T of the logits)."""
     net.eval()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if amp else nullcontext()

@@ -70,6 +70,7 @@ def build_loss(cfg: DictConfig) -> nn.Module:
     """The loss ``cfg.name`` names (``cfg`` is the ``loss`` group).
 
     Example:
+        >>> from omegaconf import OmegaConf
         >>> build_loss(OmegaConf.create({"name": "tet", "lamb": 1e-3, "phi": 1.0}))
         TETLoss()
     """
