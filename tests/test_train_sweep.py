@@ -55,6 +55,21 @@ def test_sweep_isolates_a_failing_job_and_a_rerun_skips_finished_runs(tmp_path):
 
 
 @pytest.mark.slow
+def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
+    out = cli(
+        tmp_path,
+        "-m",
+        "launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "downsample=lif_maxpool,maxpool_lif",
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    runs = list(store.iter_runs(tmp_path / "cli"))
+    assert sorted(doc["downsample"] for doc in runs) == ["lif_maxpool", "maxpool_lif"]
+    assert all(doc["status"] == "finished" for doc in runs)
+
+
+@pytest.mark.slow
 def test_ddp_over_two_cpu_processes(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [
