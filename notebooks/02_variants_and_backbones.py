@@ -66,6 +66,12 @@ table = pd.concat(
 )
 table.round(3)
 
+# %% [markdown]
+# Blank cells are undefined: the average pool has no single landing (its gradient is spread,
+# 1/9 at the argmax of a 3x3 window) and the strided conv has no window. Spikformer and
+# Spikingformer share the SPS stem that holds both sites, so with the same seed and width
+# their sites see the same x and the numbers coincide.
+
 # %%
 fig = plot_site_heatmaps(table, metrics=("precision", "tie_rate", "spike_rate", "lif_ratio"))
 
@@ -90,13 +96,7 @@ other = pd.concat(
     ignore_index=True,
 )
 sites = other[~other["scope"].isin(["all sites", "model"])]
-sites.pivot_table(
-    index=["model", "scope"],
-    columns="downsample",
-    values="lif_neurons",
-    aggfunc="first",
-    sort=False,
-)[variants()]
+sites.set_index(["model", "scope", "downsample"])["lif_neurons"].unstack()[variants()]
 
 # %% [markdown]
 # All sites of a model together, relative to the baseline:
