@@ -22,6 +22,8 @@ import torch.distributed as torch_dist
 from omegaconf import DictConfig
 from torch import nn
 
+from ablations.checks import ConfigError
+
 
 @dataclass
 class Dist:
@@ -46,8 +48,10 @@ class Dist:
 
             TorchDistributedEnvironment().export()
         if "RANK" not in os.environ:
-            raise RuntimeError(
-                "trainer.ddp=true needs torchrun or Slurm tasks (no RANK in the environment)"
+            raise ConfigError(
+                "trainer.ddp=true needs processes started by torchrun or Slurm tasks (no RANK in "
+                "the environment); choices: torchrun --nproc_per_node=N -m ablations.train ..., "
+                "launcher=slurm with hydra.launcher.tasks_per_node=N"
             )
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if not torch_dist.is_initialized():

@@ -184,18 +184,25 @@ def run_job(cfg: DictConfig, run_dir: Path, sweep_dir: Path, job_num: int = 0) -
         sweep_dir: The sweep directory holding ``results/``.
         job_num: The job's number in the sweep (GPU choice with ``trainer.gpu_by_job_num``).
     """
-    dist = Dist.from_config(cfg.trainer)
+    try:
+        dist = Dist.from_config(cfg.trainer)
+    except ConfigError as err:
+        log.error("%s failed: %s", run_dir.name, err)
+        RunRecord(run_dir, sweep_dir, store_identity(cfg, None)).fail(str(err))
+        return "failed"
     if not dist.is_main:
         log.setLevel(logging.WARNING)  # one voice per run: rank 0 reports progress
     record = RunRecord(run_dir, sweep_dir, store_identity(cfg, None), writes=dist.is_main)
-    previous = record.previous()
-    if previous and previous["status"] == "finished" and not cfg.trainer.rerun_finished:
-        final = previous.get("final") or {}
-        log.info(
-            "%s: finished before (test top-1 %s), skipped", record.run_id, final.get("test_top1")
-        )
-        return "finished"
     try:
+        previous = record.previous()
+        if previous and previous["status"] == "finished" and not cfg.trainer.rerun_finished:
+            final = previous.get("final") or {}
+            log.info(
+                "%s: finished before (test top-1 %s), skipped",
+                record.run_id,
+                final.get("test_top1"),
+            )
+            return "finished"
         T = check_config(cfg)
         record.doc.update(store_identity(cfg, T))
         with torch_settings(cfg.trainer):
