@@ -310,7 +310,9 @@ def plot_precision_vs_accuracy(
 
     Args:
         probe: Probe snapshots with ``epoch``, ``hue`` and ``metric`` (averaged over sites and
-            runs per epoch; NaN values, e.g. ``strided_conv``'s, are left out).
+            runs per epoch; NaN values, e.g. ``strided_conv``'s, are left out), e.g.
+            `reports.precision.snapshots`. With a ``variant`` column, lines follow the paper's
+            variant order.
         history: Per-epoch rows with ``epoch`` and ``accuracy``; rows without a ``hue`` column
             take it from ``probe`` through a shared ``run_id``.
         hue: Column naming a line (e.g. the model label).
@@ -324,7 +326,11 @@ def plot_precision_vs_accuracy(
     prec = probe.groupby([hue, "epoch"], sort=False)[metric].mean().rename(metric)
     acc = history.groupby([hue, "epoch"], sort=False)[accuracy].mean().rename(accuracy)
     both = pd.concat([prec, acc], axis=1).reset_index()
-    order = list(dict.fromkeys([*history[hue].dropna(), *probe[hue].dropna()]))
+    labels = probe.drop_duplicates(hue)
+    if "variant" in labels:  # lines in the paper's variant order, as reports draws them
+        rank = {v: i for i, v in enumerate(PAPER_NAMES)}
+        labels = labels.sort_values("variant", key=lambda v: v.map(rank).fillna(len(rank)))
+    order = list(dict.fromkeys([*labels[hue].dropna(), *history[hue].dropna()]))
     fig, axes = plt.subplots(1, 3, figsize=(13.5, 4.2), layout="constrained")
     for name, color in zip(order, sns.color_palette(n_colors=len(order)), strict=True):
         rows = both[both[hue] == name].sort_values("epoch")

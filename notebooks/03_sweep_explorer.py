@@ -30,9 +30,9 @@
 
 # %% tags=["parameters"]
 SWEEP = None  # a sweep dir (or its results/ folder); None: the quickstart's, sweeps/quickstart
-EPOCHS = 3  # the shortened quickstart (run only without a store): epochs,
-STEPS_PER_EPOCH = 8  # training steps per epoch,
-TEST_IMAGES = 120  # test images per evaluation
+EPOCHS = 4  # the shortened quickstart (run only without a store): epochs,
+STEPS_PER_EPOCH = 25  # training steps per epoch (the full quickstart: 8 x 45),
+TEST_IMAGES = 360  # test images per evaluation (all of the digits test split)
 OUT = None  # where reports writes the tables and figures; None: <sweep>/report
 
 # %%

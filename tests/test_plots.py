@@ -120,20 +120,21 @@ def test_plot_attributions(tmp_path):
 
 
 def test_plot_precision_vs_accuracy(tmp_path):
+    runs = (("CML", "maxpool_lif", 1.0), ("baseline", "lif_maxpool", 0.4))
     probe = pd.DataFrame(
         [
-            {"run_id": f"r{v}", "model": name, "epoch": e, "site": s,
+            {"run_id": f"r{i}", "model": name, "variant": variant, "epoch": e, "site": s,
              "mass_at_argmax": m + 0.01 * e}
-            for v, (name, m) in enumerate((("Spikformer", 0.4), ("Spikformer + CML", 1.0)))
+            for i, (name, variant, m) in enumerate(runs)
             for e in (1, 2, 3)
             for s in ("stage3", "stage4")
         ]
     )  # fmt: skip
     history = pd.DataFrame(
-        [{"run_id": f"r{v}", "epoch": e, "test_top1": 20.0 * e + v} for v in (0, 1)
+        [{"run_id": f"r{i}", "epoch": e, "test_top1": 20.0 * e + i} for i in (0, 1)
          for e in (1, 2, 3)]
     )  # fmt: skip
     fig = plot_precision_vs_accuracy(probe, history)
-    labels = fig.legends[0].get_texts()
-    assert [t.get_text() for t in labels] == ["Spikformer", "Spikformer + CML"]
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels == ["baseline", "CML"]  # the paper's variant order, whatever the input's
     assert_rendered(fig, tmp_path / "precision_vs_accuracy.png")
