@@ -71,6 +71,7 @@ def write_json_atomic(path: str | os.PathLike, doc: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o644)  # mkstemp creates 0600; results are meant to be shared
         with os.fdopen(fd, "w") as fh:
             json.dump(doc, fh, indent=1, sort_keys=True, allow_nan=True)
             fh.flush()

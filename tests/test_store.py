@@ -53,3 +53,8 @@ def test_corrupt_files_are_skipped_with_a_warning(tmp_path):
         runs = list(iter_runs(tmp_path))
     assert [r["run_id"] for r in runs] == ["a", "b"]
     assert read_run(tmp_path, "c") is None
+
+
+def test_written_files_are_world_readable(tmp_path):
+    path = write_run(tmp_path, _doc("a"))
+    assert path.stat().st_mode & 0o044 == 0o044
