@@ -46,15 +46,24 @@ Hooks follow captum's pattern: a forward hook on the BN (and on the pool) keeps 
 output, registers ``Tensor.register_hook`` on it and hands a clone downstream, so in-place ops
 after the site cannot change what was kept or break the hook (``register_full_backward_hook``
 does break). Outputs and gradients are unchanged, since a clone is the identity in value and in
-backward. The window analysis runs in the forward hooks, vectorised over windows (pooling
-kernels, channels-last on CPU, and one strided slice per kernel tap instead of ``unfold``), and
-keeps only per-window booleans until backward; no value leaves the device before `to_frame`.
+backward. A pool output that does not require grad (a part run under ``torch.no_grad``) routes
+nothing, and that call of the site leaves no record. The window analysis runs in the forward
+hooks on PyTorch's max-pool kernels (channels-last on CPU): the first maximum of each window is
+the pool's index, the last is the first of the map flipped in H and W, and an exact tie is a
+window where the two differ. Only per-window booleans are kept until backward; no value leaves
+the device before `to_frame`.
+
+Foreign sites are matched by module registration order, which is not dataflow: a BN, a neuron
+and a pool of a sibling block can line up by accident. So on its first measured call each
+foreign site checks that its neuron and pool read x (or each other's output) themselves or a
+view of it; a site that fails is dropped with a warning.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -163,7 +172,9 @@ def find_sites(model: nn.Module, names: list[str] | None = None) -> list[Site]:
 
     Our `DownsampleSite` modules are found by type. Foreign models are matched by pattern: a
     ``BatchNorm2d`` followed (in module registration order, e.g. inside spikingjelly's
-    ``SeqToANNContainer``) by a max/avg pool and a spiking neuron, in either order. With
+    ``SeqToANNContainer``) by a max/avg pool and a spiking neuron, in either order. The order
+    can pair modules that do not feed each other; a `Probe` checks the dataflow of foreign
+    sites on their first call and drops those that fail. With
     ``names``, each named module is one site: ours if it is a `DownsampleSite`, otherwise the
     first BN → {pool, neuron} (or BN → neuron, a site without window) inside it.
 
@@ -252,9 +263,14 @@ class _Call:
     x: torch.Tensor | None  # the saved pre-spike map, dropped once measured (unless kept)
     x_shape: torch.Size
     # Aliases of the module outputs, held until the pool has run so that their memory cannot
-    # be reused meanwhile: the pool's input is identified by sharing their storage.
+    # be reused meanwhile: the pool's (and, for foreign sites, the neuron's) input is identified
+    # by sharing their storage.
     x_alias: torch.Tensor | None = None
     spikes_alias: torch.Tensor | None = None
+    y_alias: torch.Tensor | None = None  # pool output, while a foreign site is unchecked
+    binary: bool = False  # the neuron emits exactly 0 or 1 (Heaviside forward)
+    checked: set[str] = field(default_factory=set)  # "neuron", "pool": dataflow seen right
+    skip: bool = False  # nothing to record (dropped site, or the pool output has no grad)
     T: int | None = None
     order: str | None = None  # "pool_first" | "neuron_first"
     spike_rate: torch.Tensor | None = None
@@ -308,11 +324,60 @@ def _taps(
     return taps, real_rows[:, None] * real_cols[None, :]
 
 
-def _ties(m: torch.Tensor, values: torch.Tensor, taps: list) -> torch.Tensor:
-    """Windows whose maximum ``values`` is attained at more than one position of ``m``."""
-    count = torch.zeros(values.shape, dtype=torch.int16, device=values.device)
+def _pool_out(n: int, k: int, s: int, p: int, d: int, ceil: bool) -> int:
+    # PyTorch's pooling_output_shape
+    out = (n + 2 * p - d * (k - 1) - 1 + (s - 1 if ceil else 0)) // s + 1
+    return out - 1 if ceil and (out - 1) * s >= n + p else out
+
+
+@functools.lru_cache(maxsize=64)
+def _mirrored(
+    geometry: tuple, in_hw: tuple[int, int], out_hw: tuple[int, int]
+) -> tuple[tuple[int, int], bool] | None:
+    """Padding and ceil mode under which max-pooling the map flipped in H and W visits the
+    windows of ``geometry`` mirrored: the same real positions, in reverse order. ``None`` where
+    no symmetric padding gives them."""
+    k, s, p, d = (_pair(a) for a in geometry[:4])
+    # window i starts at i*s - p; mirrored, window (n_out - 1 - i) must start at the same place
+    pad = tuple(
+        (o - 1) * s[a] - (n - 1) - p[a] + (k[a] - 1) * d[a]
+        for a, (n, o) in enumerate(zip(in_hw, out_hw, strict=True))
+    )
+    if not all(0 <= pad[a] <= k[a] // 2 for a in range(2)):
+        return None
+    for ceil in (False, True):
+        if all(_pool_out(in_hw[a], k[a], s[a], pad[a], d[a], ceil) == out_hw[a] for a in range(2)):
+            return pad, ceil
+    return None
+
+
+def _ties(m: torch.Tensor, first: torch.Tensor, pool: nn.Module) -> torch.Tensor:
+    """Windows whose maximum is attained at more than one position of ``m``.
+
+    ``first`` holds max-pool indices over ``m``: each window's first maximum in window order.
+    The last maximum is the first one over ``m`` flipped in H and W, so a tie is a window whose
+    first and last maxima differ: two max-pool passes, exact, no per-tap temporaries.
+    """
+    k, s, _, d, _ = geometry = _pool_args(pool)
+    h, w = m.shape[-2:]
+    mirrored = _mirrored(geometry, (h, w), tuple(first.shape[-2:]))
+    if mirrored is None:
+        return _tap_ties(m, first, pool)
+    pad, ceil = mirrored
+    _, last = F.max_pool2d(m.flip(-2, -1), k, s, pad, d, ceil_mode=ceil, return_indices=True)
+    # index i of the flipped map is h*w - 1 - i in m
+    return last.flip(-2, -1).add_(first) != h * w - 1
+
+
+def _tap_ties(m: torch.Tensor, first: torch.Tensor, pool: nn.Module) -> torch.Tensor:
+    """`_ties` for geometries `_mirrored` cannot express: count equal taps, slice by slice."""
+    values = m.flatten(-2).gather(-1, first.flatten(-2)).view(first.shape)
+    taps, _ = _taps(_pool_args(pool), tuple(m.shape[-2:]), tuple(first.shape[-2:]))
+    count = torch.zeros(first.shape, dtype=torch.int16, device=first.device)
+    equal = torch.empty(first.shape, dtype=torch.bool, device=first.device)
     for ro, co, ri, ci in taps:
-        count[..., ro, co] += m[..., ri, ci] == values[..., ro, co]
+        torch.eq(m[..., ri, ci], values[..., ro, co], out=equal[..., ro, co])
+        count[..., ro, co] += equal[..., ro, co]
     return count > 1
 
 
@@ -321,14 +386,18 @@ def _fast_layout(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous(memory_format=torch.channels_last) if t.device.type == "cpu" else t
 
 
-def _saved(x: torch.Tensor) -> torch.Tensor:
-    """x for the window analysis: the original (downstream works on a clone), channels-last
-    on CPU."""
-    return _fast_layout(_flat(x.detach()))
-
-
 def _same_memory(a: torch.Tensor, b: torch.Tensor | None) -> bool:
     return b is not None and a.data_ptr() == b.data_ptr() and a.numel() == b.numel()
+
+
+def _reads(t: Any, source: torch.Tensor | None) -> bool:
+    """Whether ``t`` is ``source`` itself or a view of all of it (same storage, same size)."""
+    return (
+        isinstance(t, torch.Tensor)
+        and source is not None
+        and t.numel() == source.numel()
+        and t.untyped_storage().data_ptr() == source.untyped_storage().data_ptr()
+    )
 
 
 def _spike_count(spikes: torch.Tensor, pool: nn.Module) -> torch.Tensor:
@@ -363,6 +432,10 @@ class Probe:
     With ``every=N`` only steps 0, N, 2N, ... are measured; the others pay a Python call per
     hooked module and nothing else.
 
+    Foreign sites (``variant`` ``None``) are checked on their first measured call: the neuron
+    and the pool must read x, or each other's output, themselves or as a view. A site that
+    fails is dropped from `sites`, its hooks removed, with one warning naming it.
+
     Args:
         model: Module the sites belong to.
         sites: Sites from `find_sites`.
@@ -382,10 +455,12 @@ class Probe:
         self.records: list[SiteRecord] = []
         self.step = -1
         self._handles: list[RemovableHandle] = []
+        self._site_handles: dict[Site, list[RemovableHandle]] = {}
+        self._unchecked = {site for site in self.sites if site.variant is None}
         self._sampled = False
         self._open = False
-        self._calls: dict[str, list[_Call]] = {}
-        self._current: dict[str, _Call | None] = {}
+        self._calls: dict[Site, list[_Call]] = {}
+        self._current: dict[Site, _Call | None] = {}
 
     # -- life cycle -------------------------------------------------------------------------
     @property
@@ -400,10 +475,14 @@ class Probe:
             return self
         self._handles.append(self.model.register_forward_pre_hook(self._on_model_call))
         for site in self.sites:
-            self._handles.append(site.bn.register_forward_hook(self._bn_hook(site)))
-            self._handles.append(site.neuron.register_forward_hook(self._neuron_hook(site)))
+            handles = [
+                site.bn.register_forward_hook(self._bn_hook(site)),
+                site.neuron.register_forward_hook(self._neuron_hook(site)),
+            ]
             if site.pool is not None:
-                self._handles.append(site.pool.register_forward_hook(self._pool_hook(site)))
+                handles.append(site.pool.register_forward_hook(self._pool_hook(site)))
+            self._site_handles[site] = handles
+            self._handles += handles
         return self
 
     def disable(self) -> Probe:
@@ -411,6 +490,7 @@ class Probe:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        self._site_handles.clear()
         self._open = False
         return self
 
@@ -488,17 +568,17 @@ class Probe:
                 return None
             if not self._open:
                 self._new_step()
-            self._current[site.name] = None
+            self._current[site] = None
             if not self._sampled:
                 x.register_hook(self._close_step)
                 return None
-            calls = self._calls.setdefault(site.name, [])
+            calls = self._calls.setdefault(site, [])
             # captum's pattern: downstream gets a clone, so in-place ops there cannot touch x
-            # or the hook registered on it.
+            # or the hook registered on it, and x itself can be kept for the window analysis.
             x_down = x.clone()
-            call = _Call(site, self.step, len(calls), _saved(x), x.shape, x_down.detach())
+            call = _Call(site, self.step, len(calls), x.detach(), x.shape, x_down.detach())
             calls.append(call)
-            self._current[site.name] = call
+            self._current[site] = call
             x.register_hook(lambda g: self._on_grad_x(call, g))
             return x_down
 
@@ -507,19 +587,60 @@ class Probe:
     def _close_step(self, grad: torch.Tensor) -> None:
         self._open = False  # a backward reached the sites: the next site forward is a new step
 
+    def _check(self, call: _Call, part: str, inp: Any) -> bool:
+        """On an unchecked foreign site, whether ``part`` ("neuron" or "pool") reads what the
+        site's order says it does; a site that fails is dropped."""
+        site = call.site
+        if site not in self._unchecked:
+            return True
+        after_x = call.order is None  # the other part has not run yet
+        if after_x:
+            source, what = call.x_alias, "x (its BN's output)"
+        elif part == "neuron":
+            source, what = call.y_alias, "its pool's output"
+        else:
+            source, what = call.spikes_alias, "its neuron's output"
+        if not _reads(inp, source):
+            kind = type(getattr(site, part)).__name__
+            self._drop(site, f"the input of its {part} ({kind}) is not {what} nor a view of it")
+            return False
+        call.checked.add(part)
+        if call.checked >= ({"neuron", "pool"} if site.pool is not None else {"neuron"}):
+            self._unchecked.discard(site)
+            call.y_alias = None
+        return True
+
+    def _drop(self, site: Site, reason: str) -> None:
+        warnings.warn(
+            f"probe: dropping site {site.name!r}, matched by module order only: {reason}",
+            stacklevel=2,
+        )
+        self._unchecked.discard(site)
+        self.sites.remove(site)
+        for handle in self._site_handles.pop(site, ()):
+            handle.remove()
+        for call in self._calls.pop(site, ()):
+            _release(call)
+        self._current.pop(site, None)
+
     def _neuron_hook(self, site: Site):
         def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
-            call = self._current.get(site.name)
-            if call is None or call.T is not None:
+            call = self._current.get(site)
+            if call is None or call.skip or call.T is not None:
                 return
             inp = args[0]
+            if not self._check(call, "neuron", inp):
+                return
             multi = getattr(module, "step_mode", "s") == "m"
             call.T = inp.shape[0] if multi else 1
             call.order = call.order or "neuron_first"
             spikes = out.detach()
             call.spike_rate = _per_t(spikes, call.T).float().mean(1)
-            if isinstance(module, BaseNode) and getattr(module.surrogate_function, "spiking", True):
-                call.spikes_alias = spikes  # Heaviside output: exactly 0 or 1
+            if site.pool is not None and call.order == "neuron_first":
+                call.spikes_alias = spikes
+                call.binary = isinstance(module, BaseNode) and getattr(
+                    module.surrogate_function, "spiking", True
+                )  # Heaviside output: exactly 0 or 1
             if self.keep_maps:
                 call.maps["spikes"] = spikes.clone()
 
@@ -527,59 +648,62 @@ class Probe:
 
     def _pool_hook(self, site: Site):
         def hook(module: nn.Module, args: tuple, out: Any) -> Any:
-            call = self._current.get(site.name)
-            if call is None or call.hit is not None or call.share is not None:
+            call = self._current.get(site)
+            if call is None or call.skip or call.hit is not None or call.share is not None:
+                return None
+            if not self._check(call, "pool", args[0]):
                 return None
             call.order = call.order or "pool_first"
             y = out[0] if isinstance(out, tuple) else out  # MaxPool2d(return_indices=True)
+            if not y.requires_grad:  # e.g. run under torch.no_grad: routes nothing to x
+                _release(call)
+                return None
             pooled = args[0].detach()
-            self._measure_windows(call, module, _flat(pooled), _flat(y.detach()))
+            self._measure_windows(call, module, _flat(pooled))
             if self.keep_maps:
                 call.maps["pooled"] = pooled.clone()
             else:
                 call.x = None
             y_down = y.clone()
+            if site in self._unchecked:  # the neuron is checked against it
+                call.y_alias = y_down.detach()
             y.register_hook(lambda g: self._on_grad_y(call, g))
             return (y_down, *out[1:]) if isinstance(out, tuple) else y_down
 
         return hook
 
-    def _measure_windows(
-        self, call: _Call, pool: nn.Module, pooled: torch.Tensor, values: torch.Tensor
-    ) -> None:
+    def _measure_windows(self, call: _Call, pool: nn.Module, pooled: torch.Tensor) -> None:
         """Per window: landing == argmax of x (max pools), share at the argmax (avg pools) and
-        ties of the maximum, all vectorised over windows. ``values`` is the pool output."""
+        ties of the maximum, all vectorised over windows on max-pool kernels."""
         pooled_is_x = _same_memory(pooled, call.x_alias)
-        binary = _same_memory(pooled, call.spikes_alias)
+        binary = call.binary and _same_memory(pooled, call.spikes_alias)
         call.x_alias = call.spikes_alias = None
         is_max = isinstance(pool, nn.MaxPool2d)
-        x = _flat(call.x)
-        seen = x if pooled_is_x else _fast_layout(pooled)
-        argmax = landing = None
-        if not is_max:  # the window maximum of x, for its ties (indices: faster on CPU)
-            values, argmax = _max_indices(x, pool)
-        taps, n_real = _taps(_pool_args(pool), tuple(x.shape[-2:]), tuple(values.shape[-2:]))
-        if is_max and binary and _pair(_pool_args(pool)[3]) == (1, 1):
+        x = _fast_layout(_flat(call.x))
+        argmax = _max_indices(x, pool)[1]  # first index on exact ties, as the pool's backward
+        if is_max and not pooled_is_x:  # eq. (7): the pool routes to its maximum over spikes
+            seen = _fast_layout(pooled)
+            landing = _max_indices(seen, pool)[1]
+            call.hit = landing == argmax
+        else:  # eq. (11): a max-pool over x routes to the argmax of x; avg-pools everywhere
+            seen, landing = x, argmax if is_max else None
+        geometry = _pool_args(pool)
+        _, n_real = _taps(geometry, tuple(x.shape[-2:]), tuple(argmax.shape[-2:]))
+        if is_max and binary and _pair(geometry[3]) == (1, 1):
             # a tie is several spikes, or none in a window of 2+ positions
             count = _spike_count(seen, pool)
             call.tie = (count > 1) | ((count == 0) & (n_real > 1).to(count.device))
         else:
-            call.tie = _ties(seen if is_max else x, _fast_layout(values), taps)
-        if argmax is None and (self.keep_maps or (is_max and not pooled_is_x)):
-            argmax = _max_indices(x, pool)[1]
-        if is_max and pooled_is_x:  # eq. (11): the pool routes to the argmax of x itself
-            landing = argmax
-            call.hit = torch.ones(values.shape, dtype=torch.bool, device=values.device)
-        elif is_max:  # eq. (7): the pool routes to its maximum over what it saw (spikes)
-            landing = _max_indices(seen, pool)[1]
-            call.hit = landing == argmax
-        else:
-            call.share = (1.0 / n_real).to(values.device)  # float64: 1/9 stays 1/9
+            call.tie = _ties(seen, argmax if landing is None else landing, pool)
+        if is_max and pooled_is_x:
+            call.hit = torch.ones(argmax.shape, dtype=torch.bool, device=argmax.device)
+        elif not is_max:
+            call.share = (1.0 / n_real).to(argmax.device)  # float64: 1/9 stays 1/9
         if self.keep_maps:
             call.maps["landing"] = landing if landing is not None else torch.full_like(argmax, -1)
             call.maps["argmax"] = argmax
             call.maps["tie"] = call.tie
-            mass = call.hit.double() if call.hit is not None else call.share.expand_as(values)
+            mass = call.hit.double() if call.hit is not None else call.share.expand_as(argmax)
             call.maps["mass"] = mass
 
     def _on_grad_y(self, call: _Call, grad: torch.Tensor) -> None:
@@ -589,10 +713,16 @@ class Probe:
 
     def _on_grad_x(self, call: _Call, grad: torch.Tensor) -> None:
         self._open = False  # a backward reached the sites: the next site forward is a new step
-        call.x_alias = call.spikes_alias = None
         site = call.site
+        if not call.skip and site in self._unchecked:
+            part = "pool" if "neuron" in call.checked else "neuron"
+            self._drop(site, f"its {part} did not run on x (its BN's output) before backward")
+        if call.skip:
+            _release(call)
+            return
+        call.x_alias = call.spikes_alias = None
         T = call.T or (call.x_shape[0] if len(call.x_shape) == 5 else 1)
-        earlier = self._calls.get(site.name, [])[: call.index] if call.step == self.step else []
+        earlier = self._calls.get(site, [])[: call.index] if call.step == self.step else []
         t0 = sum(c.T or 1 for c in earlier)
         g = grad.detach()
         nan = torch.full((T,), math.nan, device=g.device)  # float32, whatever dtype x has
@@ -647,6 +777,13 @@ class Probe:
             )
         )
         call.x = None
+
+
+def _release(call: _Call) -> None:
+    """Mark a call as leaving no record and let go of what it holds."""
+    call.skip = True
+    call.x = call.x_alias = call.spikes_alias = call.y_alias = None
+    call.maps.clear()
 
 
 def _foreign_label(site: Site, order: str | None) -> str:

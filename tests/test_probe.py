@@ -4,6 +4,9 @@ discovery on our models and on foreign spikingjelly models, and the window-count
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+import warnings
 
 import pandas as pd
 import pytest
@@ -12,7 +15,7 @@ from spikingjelly.activation_based import functional, layer, neuron
 from torch import nn
 
 from gradprobe import theory
-from gradprobe.downsample import build_downsample, list_downsamples
+from gradprobe.downsample import PoolSpec, build_downsample, list_downsamples
 from gradprobe.models import create_model
 from gradprobe.probe import FRAME_COLUMNS, Probe, attach_probe, find_sites, summarize
 
@@ -236,6 +239,181 @@ def test_foreign_lif_first_site_matches_eq7(step_mode) -> None:
     spikes = torch.cat([r.maps["pooled"] for r in records])
     assert spikes.shape == (3, 2, 2, 6, 6)
     assert torch.equal(landing, theory.first_spike_landing(spikes))
+
+
+class SEWAvgDown(nn.Module):
+    """A SEW-ResNet-style block with an avg-down shortcut ``AvgPool → Conv1x1 → BN → LIF`` that
+    reads the block input, registered right after the main path's conv-BN-LIF; then a real CML
+    site. In registration order the main path's BN, LIF and the shortcut's AvgPool look like
+    ConvBN-LIF-AvgPool, but that pool never sees the LIF's spikes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.main = nn.Sequential(
+            layer.SeqToANNContainer(nn.Conv2d(2, 4, 3, 2, 1), nn.BatchNorm2d(4)),
+            neuron.LIFNode(step_mode="m"),
+        )
+        self.shortcut = nn.Sequential(
+            layer.SeqToANNContainer(nn.AvgPool2d(2), nn.Conv2d(2, 4, 1), nn.BatchNorm2d(4)),
+            neuron.LIFNode(step_mode="m"),
+        )
+        self.cml = nn.Sequential(
+            layer.SeqToANNContainer(
+                nn.Conv2d(4, 4, 3, 1, 1), nn.BatchNorm2d(4), nn.MaxPool2d(3, 2, 1)
+            ),
+            neuron.LIFNode(step_mode="m"),
+        )
+
+    def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
+        return self.cml(self.main(x_seq) + self.shortcut(x_seq))
+
+
+@pytest.mark.parametrize("input_grad", [False, True])
+def test_foreign_site_matched_across_blocks_is_dropped_after_its_first_forward(input_grad) -> None:
+    torch.manual_seed(0)
+    model = SEWAvgDown()
+    assert [s.name for s in find_sites(model)] == ["main.0.1", "cml"]  # the order is fooled
+    x = torch.randn(2, 2, 2, 8, 8, requires_grad=input_grad)  # raw input: its pool has no grad
+    with warnings.catch_warnings(record=True) as caught, attach_probe(model) as probe:
+        warnings.simplefilter("always")
+        for _ in range(2):
+            functional.reset_net(model)
+            model(x).sum().backward()
+    dropped = [w for w in caught if "main.0.1" in str(w.message)]
+    assert len(dropped) == 1 and "pool" in str(dropped[0].message)
+    assert [s.name for s in probe.sites] == ["cml"]
+    frame = probe.to_frame()
+    assert set(frame["site"]) == {"cml"} and set(frame["variant"]) == {"maxpool_lif"}
+    assert frame["precision"].tolist() == [1.0] * 4  # two steps x T=2
+    assert hook_count(model) == 0
+
+
+class NeuronReadsElsewhere(nn.Module):
+    """BN → MaxPool in one block, and a sibling block's LIF that reads the block input, not the
+    pool: ConvBN-MaxPool-LIF by registration order only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = layer.SeqToANNContainer(
+            nn.Conv2d(1, 2, 3, 1, 1), nn.BatchNorm2d(2), nn.MaxPool2d(2)
+        )
+        self.b = neuron.LIFNode(step_mode="m")
+
+    def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
+        return self.a(x_seq).sum() + self.b(x_seq).sum()
+
+
+def test_foreign_site_whose_neuron_reads_elsewhere_is_dropped() -> None:
+    model = NeuronReadsElsewhere()
+    with pytest.warns(UserWarning, match=r"'a\.1'.*neuron") as caught, attach_probe(model) as probe:
+        functional.reset_net(model)
+        model(torch.randn(2, 1, 1, 6, 6, requires_grad=True)).backward()
+    assert len(caught) == 1 and probe.sites == [] and probe.records == []
+
+
+class FrozenPool(layer.MaxPool2d):
+    """A pool run under ``torch.no_grad`` inside a pass that records gradients."""
+
+    def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return super().forward(x_seq)
+
+
+@pytest.mark.parametrize("variant", ["lif_maxpool", "maxpool_lif", "avgpool_lif"])
+def test_pool_output_without_grad_skips_the_record(variant) -> None:
+    site = build_downsample(variant, 2, 3)
+    site.pool = FrozenPool(3, 2, 1, step_mode="m")
+    lif_in = {}
+    site.lif.register_forward_pre_hook(lambda m, args: lif_in.setdefault("x", args[0]))
+    x = torch.randn(2, 1, 2, 8, 8, requires_grad=True)
+    baseline = hook_count(site)
+    with attach_probe(site) as probe:
+        out = site(x)
+        assert not out.requires_grad
+        if lif_in["x"].requires_grad:  # lif_maxpool: x still gets a gradient, not via the pool
+            lif_in["x"].sum().backward()
+    assert probe.records == []
+    assert hook_count(site) == baseline
+
+
+@pytest.mark.parametrize(
+    ("kernel", "stride", "padding", "dilation", "ceil_mode", "side"),
+    [
+        (3, 2, 1, 1, False, 8),
+        (3, 2, 1, 1, False, 7),
+        (2, 2, 0, 1, False, 7),
+        (3, 2, 1, 1, True, 8),
+        (3, 1, 1, 1, False, 6),
+        (3, 2, 1, 2, False, 9),
+        (3, 3, 0, 1, True, 8),
+        (4, 2, 1, 1, False, 9),
+    ],
+)
+@pytest.mark.parametrize("pool_type", [nn.MaxPool2d, nn.AvgPool2d])
+def test_tie_rate_counts_exact_ties_of_x(
+    pool_type, kernel, stride, padding, dilation, ceil_mode, side
+) -> None:
+    # BN over a few distinct values keeps exact ties (equal inputs, equal outputs per channel).
+    args = (kernel, stride, padding)
+    if pool_type is nn.MaxPool2d:
+        pool = nn.MaxPool2d(*args, dilation=dilation, ceil_mode=ceil_mode)
+    elif dilation > 1:
+        pytest.skip("average pools have no dilation")
+    else:
+        pool = nn.AvgPool2d(*args, ceil_mode=ceil_mode)
+    model = nn.Sequential(
+        layer.SeqToANNContainer(nn.BatchNorm2d(3), pool), neuron.LIFNode(step_mode="m")
+    )
+    x = torch.randint(0, 3, (2, 2, 3, side, side + 1), generator=torch.Generator().manual_seed(3))
+    with attach_probe(model, keep_maps=True) as probe:
+        functional.reset_net(model)
+        model(x.float().requires_grad_()).sum().backward()
+    (record,) = probe.records
+    xm, tie = record.maps["x"], record.maps["tie"]
+    expected = torch.zeros_like(tie)
+    for i in range(tie.shape[-2]):
+        for j in range(tie.shape[-1]):
+            rows = [i * stride - padding + a * dilation for a in range(kernel)]
+            cols = [j * stride - padding + b * dilation for b in range(kernel)]
+            rows = [r for r in rows if 0 <= r < xm.shape[-2]]
+            cols = [c for c in cols if 0 <= c < xm.shape[-1]]
+            window = xm[..., rows, :][..., cols].flatten(-2)
+            top = window.max(-1, keepdim=True).values
+            expected[..., i, j] = (window == top).sum(-1) > 1
+    assert expected.any() and not expected.all()
+    assert torch.equal(tie, expected)
+
+
+def test_own_site_tie_rate_is_exact_for_odd_geometry() -> None:
+    site = build_downsample("maxpool_lif", 1, 2, pool=PoolSpec(kernel_size=5, stride=3, padding=2))
+    x = torch.randint(0, 2, (1, 2, 1, 11, 10), generator=torch.Generator().manual_seed(0))
+    with attach_probe(site, keep_maps=True) as probe:
+        site(x.float().requires_grad_()).sum().backward()
+    (record,) = probe.records
+    xm = torch.nn.functional.pad(record.maps["x"], (2, 2, 2, 2), value=-math.inf)
+    windows = xm.unfold(-2, 5, 3).unfold(-2, 5, 3).flatten(-2)
+    expected = (windows == windows.max(-1, keepdim=True).values).sum(-1) > 1
+    assert torch.equal(record.maps["tie"], expected)
+
+
+def test_package_exports_the_public_api_without_heavy_imports() -> None:
+    code = (
+        "import sys, gradprobe.models, gradprobe; import gradprobe.probe; "
+        "names = ['build_downsample', 'list_downsamples', 'register_downsample', 'PoolSpec', "
+        "'NeuronConfig', 'make_neuron', 'create_model', 'list_models', 'register_model', "
+        "'attach_probe', 'find_sites', 'Probe', 'summarize', '__version__']; "
+        "assert all(hasattr(gradprobe, n) for n in names), names; "
+        "assert set(names) <= set(gradprobe.__all__) <= set(dir(gradprobe)); "
+        "assert gradprobe.attach_probe is gradprobe.probe.attach_probe; "
+        "assert isinstance(gradprobe.__version__, str) and gradprobe.__version__; "
+        "heavy = {'captum', 'matplotlib', 'seaborn'} & set(sys.modules); assert not heavy, heavy"
+    )
+    for first in ("import gradprobe", "import gradprobe.probe", "import gradprobe.models"):
+        subprocess.run([sys.executable, "-c", f"{first}; {code}"], check=True)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        import gradprobe
+
+        gradprobe.nope  # noqa: B018
 
 
 def test_sites_by_name_and_bad_names() -> None:
