@@ -8,12 +8,13 @@ from omegaconf import DictConfig
 from ablations.datasets import list_datasets
 from ablations.losses import LOSSES
 from gradprobe.downsample import PoolSpec, list_downsamples
+from gradprobe.fast import MODES
 from gradprobe.models import create_model, list_models
 from gradprobe.neuron import NeuronConfig
 from gradprobe.registry import UnknownNameError
 
 PROBES = ("none", "landing")
-AMP = ("auto", "bf16", "fp32")
+AMP = ("auto", "bf16", "fp16", "fp32")
 PROGRESS = ("auto", "bar", "log", "none")
 
 
@@ -99,7 +100,14 @@ def check_config(cfg: DictConfig) -> int:
     _choice("dataset loader", cfg.dataset.loader, list_datasets())
     _choice("loss", cfg.loss.name, LOSSES.names())
     _choice("probe", cfg.probe.name, PROBES)
+    _choice("trainer.mode", cfg.trainer.mode, MODES)
     _choice("trainer.amp", cfg.trainer.amp, AMP)
+    if cfg.neuron.kernel == "loop" and cfg.trainer.mode != "reference":
+        # trainer.mode picks the LIF kernel of a harness run; fast mode would replace the loop
+        raise ConfigError(
+            f"neuron.kernel=loop needs trainer.mode=reference, got {cfg.trainer.mode!r}; "
+            "choices: neuron.kernel=auto, trainer.mode=reference"
+        )
     _choice("trainer.progress", cfg.trainer.progress, PROGRESS)
     _positive("model.T", cfg.model.T, allow_none=True)
     _positive("trainer.batch_size", cfg.trainer.batch_size)

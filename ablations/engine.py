@@ -11,6 +11,11 @@ ends with the same numbers as one that was never interrupted.
 
 The loop owns the neurons' state: `spikingjelly.activation_based.functional.reset_net` runs
 after every batch, in training and in evaluation.
+
+How a step computes is `gradprobe.fast`'s plan, chosen by ``trainer.mode`` (``fast``: fused LIF
+kernels; ``reference``: the official code's per-timestep loop and reshapes). Precision is
+``trainer.amp`` alone, in either mode, so the mode changes kernels and layouts but never the
+autocast dtype. On CPU both modes run float32 and fire the same spikes.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ import random
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -39,10 +45,14 @@ from ablations.datasets import LoaderData, TensorData, build_dataset
 from ablations.distributed import Dist
 from ablations.losses import SoftTargets, build_loss
 from ablations.rundir import RunRecord
+from gradprobe import fast
 from gradprobe.data import DataNotFoundError
 from gradprobe.models import create_model
 
 log = logging.getLogger(__name__)
+
+#: Autocast dtype of each ``trainer.amp`` value (``auto`` resolves per device in `step_plan`).
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
 
 class NonFiniteLossError(RuntimeError):
@@ -139,6 +149,25 @@ def pick_device(cfg: DictConfig, job_num: int, dist: Dist) -> torch.device:
     return torch.device("cuda")
 
 
+def step_plan(tcfg: DictConfig, model: nn.Module, device: torch.device) -> fast.StepPlan:
+    """Configure ``model`` for ``trainer.mode`` on ``device``; precision comes from ``trainer.amp``.
+
+    `gradprobe.fast.configure` has its own precision per mode (float16 on CUDA in reference
+    mode); the harness overrides it so that ``trainer.amp`` is the one switch for precision:
+    ``auto`` is bf16 autocast on CUDA and float32 on CPU, ``fp16`` the official code's ``--amp``
+    (with a GradScaler).
+    """
+    plan = fast.configure(model, mode=str(tcfg.mode), device=device)
+    amp = str(tcfg.amp)
+    if amp == "auto":
+        amp = "bf16" if device.type == "cuda" else "fp32"
+    return replace(plan, amp_dtype=AMP_DTYPES[amp])
+
+
+def precision_name(plan: fast.StepPlan) -> str:
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[plan.amp_dtype]
+
+
 def topk_correct(
     logits: torch.Tensor, y: torch.Tensor, ks: tuple[int, ...] = (1, 5)
 ) -> list[torch.Tensor]:
@@ -223,7 +252,8 @@ def fit(cfg: DictConfig, record: RunRecord, device: torch.device, dist: Dist, T:
     """Build everything, resume if a checkpoint exists, and train to the planned epoch count."""
     tcfg = cfg.trainer
     seed_everything(int(cfg.seed))
-    backbone = create_model(cfg.model.name, **model_kwargs(cfg)).to(device)
+    backbone = create_model(cfg.model.name, **model_kwargs(cfg))
+    plan = step_plan(tcfg, backbone, device)  # before the optimiser: it moves the model
     record.doc["params"] = sum(p.numel() for p in backbone.parameters() if p.requires_grad)
     data = build_dataset(
         cfg.dataset, device=device, seed=int(cfg.seed), frames=T, num_workers=int(tcfg.num_workers)
@@ -232,7 +262,7 @@ def fit(cfg: DictConfig, record: RunRecord, device: torch.device, dist: Dist, T:
     loss_fn, targets = build_loss(cfg.loss), SoftTargets(cfg.loss, int(cfg.dataset.num_classes))
     optimizer = build_optimizer(cfg.optim, backbone)
     scheduler = instantiate_target(cfg.sched, optimizer=optimizer)
-    amp = tcfg.amp == "bf16" or (tcfg.amp == "auto" and device.type == "cuda")
+    scaler = torch.amp.GradScaler(device.type) if plan.needs_grad_scaler else None
     total_epochs = int(tcfg.epochs) + int(tcfg.cooldown_epochs or 0)
 
     history, probe_rows, start_epoch, wall_before = [], [], 0, 0.0
@@ -241,11 +271,14 @@ def fit(cfg: DictConfig, record: RunRecord, device: torch.device, dist: Dist, T:
         backbone.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
+        if scaler is not None and checkpoint.get("scaler"):
+            scaler.load_state_dict(checkpoint["scaler"])
         set_rng_state(checkpoint["rng"])
         history, probe_rows = checkpoint["history"], checkpoint["probe"]
         start_epoch, wall_before = checkpoint["epoch"], checkpoint["wall_time_s"]
         log.info("%s: resuming after epoch %d of %d", record.run_id, start_epoch, total_epochs)
-    record.start(OmegaConf.to_yaml(cfg, resolve=True), str(device))
+    step = {"mode": plan.mode, "lif_kernel": plan.lif_kernel, "precision": precision_name(plan)}
+    record.start(OmegaConf.to_yaml(cfg, resolve=True), str(device), step)
     record.update(history, probe_rows)
     log.info(
         "%s: %s (%s, %d params, T=%d) on %s, %d train / %d test images, %s",
@@ -258,6 +291,14 @@ def fit(cfg: DictConfig, record: RunRecord, device: torch.device, dist: Dist, T:
         data.train_size,
         data.test_size,
         device,
+    )
+    log.info(
+        "%s: trainer.mode=%s, LIF kernel %s (%d neurons), %s",
+        record.run_id,
+        plan.mode,
+        plan.lif_kernel,
+        plan.lif_count,
+        step["precision"],
     )
     writer = None
     if cfg.logger.tensorboard and dist.is_main:
@@ -279,7 +320,7 @@ def fit(cfg: DictConfig, record: RunRecord, device: torch.device, dist: Dist, T:
             t0 = time.time()
             lr = optimizer.param_groups[0]["lr"]
             train = train_one_epoch(
-                net, backbone, data, loss_fn, targets, optimizer, epoch, tcfg, amp, dist, device
+                net, backbone, data, loss_fn, targets, optimizer, scaler, epoch, tcfg, plan, dist
             )
             if probe is not None:
                 probe.disable()  # evaluation steps are not training steps
@@ -289,9 +330,8 @@ def fit(cfg: DictConfig, record: RunRecord, device: torch.device, dist: Dist, T:
                 backbone,
                 data,
                 int(tcfg.eval_batch_size),
-                amp,
+                plan,
                 dist,
-                device,
             )
             if probe is not None:
                 probe.enable()
@@ -327,6 +367,7 @@ def fit(cfg: DictConfig, record: RunRecord, device: torch.device, dist: Dist, T:
                     "model": backbone.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict() if scaler is not None else None,
                     "rng": rng_state(),
                     "history": history,
                     "probe": probe_rows,
@@ -365,19 +406,19 @@ def train_one_epoch(
     loss_fn: nn.Module,
     targets: SoftTargets,
     optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
     epoch: int,
     tcfg: DictConfig,
-    amp: bool,
+    plan: fast.StepPlan,
     dist: Dist,
-    device: torch.device,
 ) -> dict:
     """One pass over the training split; returns mean loss, top-1 and throughput figures."""
     net.train()
+    device = plan.device
     batch_size = int(tcfg.batch_size)
     steps = data.steps_per_epoch(batch_size, dist.world)
     if tcfg.max_steps_per_epoch:
         steps = min(steps, int(tcfg.max_steps_per_epoch))
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if amp else nullcontext()
     loss_sum, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
     bar = (
         tqdm(total=steps, desc=f"epoch {epoch + 1}", leave=False, dynamic_ncols=True)
@@ -390,7 +431,7 @@ def train_one_epoch(
         if step >= steps:
             break
         x, soft = targets(x, y, epoch)
-        with autocast:
+        with plan.autocast():
             out = net(x)
             loss = loss_fn(out, soft)
         if not torch.isfinite(loss):
@@ -399,10 +440,18 @@ def train_one_epoch(
                 "(lower optim.lr or set trainer.grad_clip)"
             )
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if scaler is None:
+            loss.backward()
+        else:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)  # clip the true gradients
         if tcfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(backbone.parameters(), float(tcfg.grad_clip))
-        optimizer.step()
+        if scaler is None:
+            optimizer.step()
+        else:
+            scaler.step(optimizer)
+            scaler.update()
         functional.reset_net(backbone)
         loss_sum += loss.detach() * len(y)
         correct += topk_correct(out.detach().float().mean(0), y, (1,))[0]
@@ -431,17 +480,16 @@ def evaluate(
     backbone: nn.Module,
     data: TensorData | LoaderData,
     batch_size: int,
-    amp: bool,
+    plan: fast.StepPlan,
     dist: Dist,
-    device: torch.device,
 ) -> dict:
     """Loss, top-1 and top-5 on the test split (the mean over T of the logits)."""
     net.eval()
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if amp else nullcontext()
+    device = plan.device
     sums = torch.zeros(4, device=device)
     functional.reset_net(backbone)
     for x, y in data.test_batches(batch_size, dist.rank, dist.world):
-        with autocast:
+        with plan.autocast():
             logits = net(x).float().mean(0)
         functional.reset_net(backbone)
         top1, top5 = topk_correct(logits, y)

@@ -3,7 +3,7 @@
 A run directory ``<sweep dir>/<run_id>/`` holds::
 
     config.yaml          the resolved config
-    environment.json     library versions, git SHA, device, host
+    environment.json     library versions, git SHA, device, host, trainer.mode and LIF kernel
     metrics.csv          one row per finished epoch (the store document's ``history``)
     probe.csv            gradient-landing snapshots (``probe=landing``)
     summary.json         final numbers, once the run finished
@@ -141,8 +141,15 @@ class RunRecord:
         """The store's document of this run from an earlier attempt, if any."""
         return store.read_run(self.sweep_dir, self.run_id)
 
-    def start(self, config_yaml: str, device: str) -> None:
-        """Write the resolved config and the environment; mark the run running."""
+    def start(self, config_yaml: str, device: str, step: dict[str, str] | None = None) -> None:
+        """Write the resolved config and the environment; mark the run running.
+
+        Args:
+            config_yaml: The resolved config.
+            device: Where the run trains.
+            step: How a step computes, for environment.json (``mode``, ``lif_kernel``,
+                ``precision``).
+        """
         self.doc.update(versions=library_versions(), git_sha=git_sha(), device=device)
         if not self.writes:
             return
@@ -151,6 +158,7 @@ class RunRecord:
             "versions": self.doc["versions"],
             "git_sha": self.doc["git_sha"],
             "device": device,
+            **(step or {}),
             "host": socket.gethostname(),
             "argv": sys.argv,
             "cuda_devices": torch.cuda.device_count(),

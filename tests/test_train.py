@@ -1,5 +1,6 @@
 """The training harness in-process: exact resume, skip, failure isolation, checks, losses."""
 
+import json
 import math
 from pathlib import Path
 
@@ -117,6 +118,31 @@ def test_run_records_every_file(tmp_path):
     assert doc["final"]["epochs_done"] == 1 and doc["params"] > 0 and doc["T"] == 2
     assert doc["model"] == "sps_tokenizer_cifar(embed_dim=16)" and doc["family"] == "sps"
     assert doc["versions"]["torch"] == torch.__version__.split("+")[0] or doc["versions"]["torch"]
+    env = json.loads((run_dir / "environment.json").read_text())
+    assert env["mode"] == "fast" and env["precision"] == "fp32"
+    assert env["lif_kernel"] in ("fused-inductor", "fused-eager")
+
+
+def test_a_checkpoint_of_either_mode_resumes_in_the_other(tmp_path, monkeypatch):
+    update = RunRecord.update
+
+    def killed_after_one(self, history, probe_rows):
+        update(self, history, probe_rows)
+        if len(history) == 1:
+            raise KeyboardInterrupt
+
+    for first, then in (("reference", "fast"), ("fast", "reference")):
+        monkeypatch.setattr(RunRecord, "update", killed_after_one)
+        with pytest.raises(KeyboardInterrupt):
+            run(config("trainer.epochs=2", f"trainer.mode={first}"), tmp_path, first)
+        monkeypatch.setattr(RunRecord, "update", update)
+        assert (
+            run(config("trainer.epochs=2", f"trainer.mode={then}"), tmp_path, first) == "finished"
+        )
+        doc = store.read_run(tmp_path, first)
+        assert len(doc["history"]) == 2
+        env = json.loads((tmp_path / first / "environment.json").read_text())
+        assert env["mode"] == then
 
 
 def test_tensorboard_logger_writes_event_files(tmp_path):
@@ -164,7 +190,9 @@ def test_non_finite_loss_stops_the_run(tmp_path):
         ("loss.name=nope", "unknown loss 'nope'; choices: ce, tet"),
         ("model.T=0", "model.T must be a positive integer, got 0"),
         ("dataset.img_size=30", "img_size 30 is not supported"),
-        ("trainer.amp=fp16", "unknown trainer.amp 'fp16'; choices: auto, bf16, fp32"),
+        ("trainer.amp=fp8", "unknown trainer.amp 'fp8'; choices: auto, bf16, fp16, fp32"),
+        ("trainer.mode=turbo", "unknown trainer.mode 'turbo'; choices: fast, reference"),
+        ("neuron.kernel=loop", "neuron.kernel=loop needs trainer.mode=reference, got 'fast'"),
     ],
 )
 def test_bad_choices_are_rejected_before_training(tmp_path, monkeypatch, override, message):
