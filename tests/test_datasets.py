@@ -94,7 +94,9 @@ def test_cifar_download_failure_is_one_clear_error(tmp_path, monkeypatch):
         raise urllib.error.URLError("no network")
 
     monkeypatch.setattr(CIFAR10, "download", offline)
-    with pytest.raises(DataNotFoundError, match=r"Downloading .* failed \(<urlopen error no network>\)"):
+    with pytest.raises(
+        DataNotFoundError, match=r"Downloading .* failed \(<urlopen error no network>\)"
+    ):
         build(dataset_cfg("cifar10", root=str(tmp_path), download=True))
 
 
