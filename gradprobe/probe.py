@@ -576,7 +576,10 @@ class Probe:
             # captum's pattern: downstream gets a clone, so in-place ops there cannot touch x
             # or the hook registered on it, and x itself can be kept for the window analysis.
             x_down = x.clone()
-            call = _Call(site, self.step, len(calls), x.detach(), x.shape, x_down.detach())
+            kept = x.detach()
+            if site.pool is not None:  # the max-pool kernels' layout, while x is still in cache
+                kept = _fast_layout(_flat(kept))
+            call = _Call(site, self.step, len(calls), kept, x.shape, x_down.detach())
             calls.append(call)
             self._current[site] = call
             x.register_hook(lambda g: self._on_grad_x(call, g))
@@ -679,7 +682,7 @@ class Probe:
         binary = call.binary and _same_memory(pooled, call.spikes_alias)
         call.x_alias = call.spikes_alias = None
         is_max = isinstance(pool, nn.MaxPool2d)
-        x = _fast_layout(_flat(call.x))
+        x = call.x
         argmax = _max_indices(x, pool)[1]  # first index on exact ties, as the pool's backward
         if is_max and not pooled_is_x:  # eq. (7): the pool routes to its maximum over spikes
             seen = _fast_layout(pooled)
