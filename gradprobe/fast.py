@@ -8,6 +8,13 @@
   fused CUDA/Triton kernels. Spikes are bit-identical to the per-timestep loop;
 * modules run their own forwards (broadcast input over T, no copy-back reshapes, attention as
   ``Q·(Kᵀ·V)``);
+* on CPU the token Linears (``PointwiseBN`` of kind ``"linear"``, Spikformer CIFAR) become
+  `FastPointwiseBN`: the forward is the same ``F.linear`` call on the same contiguous
+  ``[T·B, N, C]`` tokens as reference mode (so spikes stay bit-identical), and the backward
+  computes ``dX``, ``dW`` and ``db`` as a 1x1 convolution backward in oneDNN. PyTorch's CPU
+  ``mm`` is MKL's sgemm, which on this AMD CPU runs about 100 GFLOP/s per core; oneDNN's
+  1x1 convolution on the same memory (a channels-last view, no copy) runs about 200. Gradients
+  differ from the sgemm ones by float rounding only;
 * on CUDA the returned plan autocasts to bfloat16. That changes spikes (BN outputs near the
   threshold round differently), so the bf16 path is not held to spike identity; on CPU the step
   stays float32 and is spike-identical to reference mode.
@@ -37,6 +44,7 @@ from spikingjelly.activation_based import neuron
 from torch import nn
 
 from gradprobe.fused_lif import FusedLIFNode, compiler_available
+from gradprobe.models.layers import PointwiseBN
 from gradprobe.neuron import LoopLIFNode
 from gradprobe.reference_mode import install_reference_forwards, remove_reference_forwards
 
@@ -80,6 +88,68 @@ class StepPlan:
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         """Move a batch to the plan's device without a host sync (pin CPU batches upstream)."""
         return x.to(self.device, non_blocking=True)
+
+
+class _TokenLinear(torch.autograd.Function):
+    """``F.linear`` on contiguous tokens ``[M, N, C]``; backward as a oneDNN 1x1 conv backward."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return torch.nn.functional.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, weight = ctx.saved_tensors
+        M, N, C = x.shape
+        out = weight.shape[0]
+        # [M, N, C] memory read as a channels-last [M, C, N, 1] map: no copy.
+        x4 = x.view(M, N, 1, C).permute(0, 3, 1, 2)
+        g4 = grad_y.contiguous().view(M, N, 1, out).permute(0, 3, 1, 2)
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias]
+        mask[2] = mask[2] and ctx.needs_input_grad[2]
+        gx, gw, gb = torch.ops.aten.convolution_backward(
+            g4, x4, weight[:, :, None, None], [out], [1, 1], [0, 0], [1, 1], False, [0, 0], 1, mask
+        )
+        gx = gx.permute(0, 2, 3, 1).reshape(M, N, C) if gx is not None else None
+        gw = gw.reshape(out, C) if gw is not None else None
+        return gx, gw, gb
+
+
+class FastPointwiseBN(PointwiseBN):
+    """`PointwiseBN` whose ``"linear"`` kind runs `_TokenLinear` on CPU (same parameters)."""
+
+    def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
+        proj = self.proj
+        if (
+            self.kind != "linear"
+            or x_seq.device.type != "cpu"
+            or x_seq.dtype != torch.float32
+            or proj._forward_hooks
+            or proj._forward_pre_hooks
+            or not torch.is_grad_enabled()
+        ):
+            return super().forward(x_seq)
+        T, B, C, H, W = x_seq.shape
+        # [T·B, N, C] tokens: a view when x_seq is channels-last (a FastPointwiseBN output)
+        tokens = x_seq.flatten(3).transpose(-1, -2).reshape(T * B, H * W, C)
+        y = _TokenLinear.apply(tokens, proj.weight, proj.bias)  # [T·B, N, C']
+        # BN on the transposed view, as reference mode (and the official code) normalises it:
+        # the same strides take the same kernel, so the statistics round the same way.
+        y = y.view(T, B, H * W, -1).transpose(-1, -2)  # [T, B, C', N] view of [T·B, N, C']
+        return self.bn(y).reshape(T, B, -1, H, W)
+
+
+def set_pointwise(model: nn.Module, fast_kind: bool) -> int:
+    """Switch every `PointwiseBN` between its own class and `FastPointwiseBN`."""
+    target = FastPointwiseBN if fast_kind else PointwiseBN
+    count = 0
+    for module in model.modules():
+        if type(module) in (PointwiseBN, FastPointwiseBN):
+            module.__class__ = target
+            count += 1
+    return count
 
 
 def default_device() -> torch.device:
@@ -152,6 +222,7 @@ def configure(
     on_cuda = device.type == "cuda"
     if mode == "reference":
         count = set_lif_kernel(model, "loop")
+        set_pointwise(model, False)
         layout = install_reference_forwards(model)
         amp_dtype = torch.float16 if (amp and on_cuda) else None
         kernel = "loop"
@@ -161,6 +232,7 @@ def configure(
         ) and not on_cuda
         count = set_lif_kernel(model, "fused", compiled=compiled)
         remove_reference_forwards(model)
+        set_pointwise(model, not on_cuda)
         layout = False
         amp_dtype = torch.bfloat16 if (amp and on_cuda) else None
         kernel = (

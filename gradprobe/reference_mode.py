@@ -54,11 +54,15 @@ def _sps_tokens_forward(self: SpikformerStem, x_seq: torch.Tensor) -> torch.Tens
     return x_seq.flatten(-2).transpose(-1, -2)  # [T, B, N, C]
 
 
-def _linear_bn_tokens(pointwise: nn.Module, flat: torch.Tensor, T: int) -> torch.Tensor:
-    """Spikformer CIFAR's ``bn(linear(x).transpose).transpose.reshape(T, B, N, C).contiguous()``."""
+def _linear_bn_tokens(
+    pointwise: nn.Module, flat: torch.Tensor, T: int, contiguous: bool = True
+) -> torch.Tensor:
+    """Spikformer CIFAR's ``bn(linear(x).transpose).transpose.reshape(T, B, N, C).contiguous()``
+    (q, k, v, fc1, fc2); its output projection skips the final ``.contiguous()``."""
     y = nn.Linear.forward(pointwise.proj, flat)
     y = nn.BatchNorm1d.forward(pointwise.bn, y.transpose(-1, -2)).transpose(-1, -2)
-    return y.reshape(T, -1, *y.shape[1:]).contiguous()
+    y = y.reshape(T, -1, *y.shape[1:])
+    return y.contiguous() if contiguous else y
 
 
 def _ssa_tokens_forward(self: SpikingSelfAttention, x: torch.Tensor) -> torch.Tensor:
@@ -73,7 +77,7 @@ def _ssa_tokens_forward(self: SpikingSelfAttention, x: torch.Tensor) -> torch.Te
     q, k, v = branch(self.q, self.q_lif), branch(self.k, self.k_lif), branch(self.v, self.v_lif)
     out = ((q @ k.transpose(-2, -1)) * self.scale) @ v
     out = self.attn_lif(out.transpose(2, 3).reshape(T, B, N, C).contiguous())
-    return self.out_lif(_linear_bn_tokens(self.proj, out.flatten(0, 1), T))
+    return self.out_lif(_linear_bn_tokens(self.proj, out.flatten(0, 1), T, contiguous=False))
 
 
 def _mlp_tokens_forward(self: SpikingMLP, x: torch.Tensor) -> torch.Tensor:

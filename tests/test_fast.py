@@ -189,3 +189,45 @@ def test_cuda_fast_and_reference_modes() -> None:
         loss = F.cross_entropy(model(x), y)
     loss.backward()
     assert torch.isfinite(loss)
+
+
+def test_fast_token_linear_matches_reference_linear() -> None:
+    """`FastPointwiseBN`: the same forward bits as ``Linear`` + ``BatchNorm1d`` on the
+    transposed tokens (reference mode), a oneDNN backward within float rounding."""
+    from gradprobe.fast import FastPointwiseBN
+    from gradprobe.models.layers import PointwiseBN
+
+    torch.manual_seed(0)
+    ref = PointwiseBN(48, 96, bias=True, kind="linear").train()
+    ours = PointwiseBN(48, 96, bias=True, kind="linear").train()
+    ours.load_state_dict(ref.state_dict())
+    ours.__class__ = FastPointwiseBN
+    x = (torch.rand(3, 4, 48, 4, 4) < 0.3).float() * 2  # integer-valued, as on the token stream
+    x_ref, x_ours = x.clone().requires_grad_(), x.clone().requires_grad_()
+    tokens = x_ref.flatten(3).transpose(-1, -2).reshape(12, 16, 48)
+    y_ref = torch.nn.BatchNorm1d.forward(ref.bn, ref.proj(tokens).transpose(-1, -2))
+    y_ref = y_ref.reshape(3, 4, 96, 4, 4)
+    y_ours = ours(x_ours)
+    assert torch.equal(y_ours, y_ref)
+    grad = torch.randn(y_ref.shape)
+    (y_ref * grad).sum().backward()
+    (y_ours * grad).sum().backward()
+    torch.testing.assert_close(x_ours.grad, x_ref.grad, rtol=1e-4, atol=1e-5)
+    # the bias feeds BatchNorm: zero true gradient, rounding noise only (see assert_grads_close)
+    assert_grads_close(
+        {n: p.grad for n, p in ref.named_parameters()},
+        {n: p.grad for n, p in ours.named_parameters()},
+    )
+
+
+def test_fast_mode_switches_token_linears_on_cpu_only() -> None:
+    from gradprobe.fast import FastPointwiseBN
+    from gradprobe.models.layers import PointwiseBN
+
+    model = tiny("spikformer_4_256_cifar", "lif_maxpool")
+    fast.configure(model, "fast", device="cpu")
+    kinds = {type(m) for m in model.modules() if isinstance(m, PointwiseBN)}
+    assert kinds == {FastPointwiseBN}
+    fast.configure(model, "reference", device="cpu")
+    kinds = {type(m) for m in model.modules() if isinstance(m, PointwiseBN)}
+    assert kinds == {PointwiseBN}
