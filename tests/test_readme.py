@@ -1,7 +1,12 @@
 """The README's commands and examples are the ones that work."""
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -28,3 +33,38 @@ def test_python_examples_run():
 def test_quickstart_command_is_the_documented_experiment():
     assert "python -m ablations.train -m experiment=quickstart" in README
     assert (ROOT / "ablations" / "conf" / "experiment" / "quickstart.yaml").is_file()
+
+
+@pytest.mark.slow
+def test_readme_quickstart_table_is_what_the_quickstart_produces(tmp_path):
+    """Rerun the README's main job and compare its Markdown Table 1 with the README's."""
+    env = {**os.environ, "GRADPROBE_SWEEPS": str(tmp_path)}
+    subprocess.run(
+        [sys.executable, "-m", "ablations.train", "-m", "experiment=quickstart"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "reports",
+            "build",
+            "--results",
+            str(tmp_path / "quickstart"),
+            "--out",
+            str(tmp_path / "report"),
+            "--no-figures",
+        ],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    produced = (tmp_path / "report" / "table1_other.md").read_text()
+    rows = [line for line in produced.splitlines() if line.startswith("| ConvBN")]
+    assert len(rows) == 4
+    for row in rows:
+        assert row in README
