@@ -50,8 +50,17 @@ def subset_indices(n: int, limit: int | None) -> torch.Tensor | None:
     return torch.randperm(n, generator=generator)[: int(limit)].sort().values
 
 
+class _Splits:
+    """What both data sources share: full training batches per epoch, split over ranks."""
+
+    train_size: int
+
+    def steps_per_epoch(self, batch_size: int, world: int = 1) -> int:
+        return self.train_size // (batch_size * world)
+
+
 @dataclass
-class TensorData:
+class TensorData(_Splits):
     """Both splits in memory; ``images`` are uint8 ``[N, C, H, W]`` on ``device``.
 
     Attributes:
@@ -74,9 +83,6 @@ class TensorData:
     @property
     def test_size(self) -> int:
         return len(self.test_labels)
-
-    def steps_per_epoch(self, batch_size: int, world: int = 1) -> int:
-        return self.train_size // (batch_size * world)
 
     def train_batches(
         self, epoch: int, batch_size: int, rank: int = 0, world: int = 1
@@ -131,7 +137,7 @@ class TensorData:
 
 
 @dataclass
-class LoaderData:
+class LoaderData(_Splits):
     """Both splits as map-style datasets read by DataLoader workers.
 
     Attributes:
@@ -154,9 +160,6 @@ class LoaderData:
     @property
     def test_size(self) -> int:
         return len(self.test_set)
-
-    def steps_per_epoch(self, batch_size: int, world: int = 1) -> int:
-        return self.train_size // (batch_size * world)
 
     def _load(
         self, dataset: Dataset, batch_size: int, sampler, generator, drop_last: bool
