@@ -15,6 +15,7 @@ from gradprobe.registry import UnknownNameError
 
 PROBES = ("none", "landing")
 AMP = ("auto", "bf16", "fp16", "fp32")
+CUDA_GRAPH = ("auto", "on", "off")
 PROGRESS = ("auto", "bar", "log", "none")
 
 
@@ -102,6 +103,7 @@ def check_config(cfg: DictConfig) -> int:
     _choice("probe", cfg.probe.name, PROBES)
     _choice("trainer.mode", cfg.trainer.mode, MODES)
     _choice("trainer.amp", cfg.trainer.amp, AMP)
+    _choice("trainer.cuda_graph", cfg.trainer.get("cuda_graph", "auto"), CUDA_GRAPH)
     if cfg.neuron.kernel == "loop" and cfg.trainer.mode != "reference":
         # trainer.mode picks the LIF kernel of a harness run; fast mode would replace the loop
         raise ConfigError(

@@ -263,6 +263,7 @@ def fit(cfg: DictConfig, record: RunRecord, device: torch.device, dist: Dist, T:
     optimizer = build_optimizer(cfg.optim, backbone)
     scheduler = instantiate_target(cfg.sched, optimizer=optimizer)
     scaler = torch.amp.GradScaler(device.type) if plan.needs_grad_scaler else None
+    graph = cuda_graph_step(tcfg, net, optimizer, loss_fn, plan, scaler, dist)
     total_epochs = int(tcfg.epochs) + int(tcfg.cooldown_epochs or 0)
 
     history, probe_rows, start_epoch, wall_before = [], [], 0, 0.0
@@ -277,7 +278,12 @@ def fit(cfg: DictConfig, record: RunRecord, device: torch.device, dist: Dist, T:
         history, probe_rows = checkpoint["history"], checkpoint["probe"]
         start_epoch, wall_before = checkpoint["epoch"], checkpoint["wall_time_s"]
         log.info("%s: resuming after epoch %d of %d", record.run_id, start_epoch, total_epochs)
+    if graph is None:  # a checkpoint of a graphed run on CUDA resumes anywhere, eagerly
+        for group in optimizer.param_groups:
+            if group.get("capturable"):
+                group["capturable"] = False
     step = {"mode": plan.mode, "lif_kernel": plan.lif_kernel, "precision": precision_name(plan)}
+    step["cuda_graph"] = graph is not None
     record.start(OmegaConf.to_yaml(cfg, resolve=True), str(device), step)
     record.update(history, probe_rows)
     log.info(
@@ -320,7 +326,19 @@ def fit(cfg: DictConfig, record: RunRecord, device: torch.device, dist: Dist, T:
             t0 = time.time()
             lr = optimizer.param_groups[0]["lr"]
             train = train_one_epoch(
-                net, backbone, data, loss_fn, targets, optimizer, scaler, epoch, tcfg, plan, dist
+                net,
+                backbone,
+                data,
+                loss_fn,
+                targets,
+                optimizer,
+                scaler,
+                epoch,
+                tcfg,
+                plan,
+                dist,
+                graph=graph,
+                probe=probe,
             )
             if probe is not None:
                 probe.disable()  # evaluation steps are not training steps
@@ -399,6 +417,65 @@ def fit(cfg: DictConfig, record: RunRecord, device: torch.device, dist: Dist, T:
     )
 
 
+def cuda_graph_step(
+    tcfg: DictConfig,
+    net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: nn.Module,
+    plan: fast.StepPlan,
+    scaler: torch.amp.GradScaler | None,
+    dist: Dist,
+) -> fast.CUDAGraphStep | None:
+    """The replayed-graph train step of ``trainer.cuda_graph``, or ``None`` for eager steps.
+
+    ``auto`` uses one where it applies: fast mode, one CUDA process, no GradScaler (fp16 checks
+    for infs on the host), an optimizer with a capturable mode. ``on`` requires it.
+    """
+    setting = str(tcfg.get("cuda_graph", "auto"))
+    reasons = [
+        why
+        for why, bad in (
+            (f"trainer.mode={plan.mode}", plan.mode != "fast"),
+            (f"device {plan.device}", plan.device.type != "cuda"),
+            ("DDP", dist.world > 1),
+            ("fp16 with a GradScaler", scaler is not None),
+            (
+                f"{type(optimizer).__name__} (no capturable mode)",
+                not fast.supports_cuda_graph(optimizer),
+            ),
+        )
+        if bad
+    ]
+    if setting == "off" or (setting == "auto" and reasons):
+        return None
+    if reasons:
+        raise ConfigError(f"trainer.cuda_graph=on cannot run with {', '.join(reasons)}")
+    grad_clip = float(tcfg.grad_clip) if tcfg.grad_clip else None
+    return fast.CUDAGraphStep(net, optimizer, loss_fn, plan, grad_clip=grad_clip)
+
+
+def replay(graph: fast.CUDAGraphStep, probe, x: torch.Tensor, target: torch.Tensor):
+    """One step through ``graph`` (captured on first use, with the probe's hooks off); the probe
+    counts the step as one it did not measure. ``None`` when the capture failed: nothing was
+    stepped, and the caller runs this step (and the rest) eagerly."""
+    measuring = probe is not None and probe.enabled
+    if graph.graph is None:
+        if measuring:
+            probe.disable()  # capturing runs the model: no measurements, no host syncs
+        try:
+            graph.capture(x, target)
+        except Exception:  # the model is as before the capture (CUDAGraphStep restores it)
+            log.warning("CUDA graph capture failed, training eagerly: %s", graph.failed)
+            return None
+        finally:
+            if measuring:
+                probe.enable()
+    loss, out = graph(x, target)
+    if measuring:
+        probe.skip_step()
+    return loss, out
+
+
 def train_one_epoch(
     net: nn.Module,
     backbone: nn.Module,
@@ -411,8 +488,13 @@ def train_one_epoch(
     tcfg: DictConfig,
     plan: fast.StepPlan,
     dist: Dist,
+    graph: fast.CUDAGraphStep | None = None,
+    probe=None,
 ) -> dict:
-    """One pass over the training split; returns mean loss, top-1 and throughput figures."""
+    """One pass over the training split; returns mean loss, top-1 and throughput figures.
+
+    With ``graph``, steps replay the captured CUDA graph, except those the ``probe`` measures
+    and batches of another shape, which run eagerly."""
     net.train()
     device = plan.device
     batch_size = int(tcfg.batch_size)
@@ -420,6 +502,8 @@ def train_one_epoch(
     if tcfg.max_steps_per_epoch:
         steps = min(steps, int(tcfg.max_steps_per_epoch))
     loss_sum, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
+    bad = torch.zeros((), dtype=torch.bool, device=device)
+    on_cuda, check_every = device.type == "cuda", max(int(tcfg.log_every), 1)
     bar = (
         tqdm(total=steps, desc=f"epoch {epoch + 1}", leave=False, dynamic_ncols=True)
         if use_bar(tcfg.progress) and dist.is_main
@@ -431,27 +515,40 @@ def train_one_epoch(
         if step >= steps:
             break
         x, soft = targets(x, y, epoch)
-        with plan.autocast():
-            out = net(x)
-            loss = loss_fn(out, soft)
-        if not torch.isfinite(loss):
+        graphed = graph is not None and graph.fits(x, soft) and not (probe and probe.samples_next)
+        if graphed:
+            replayed = replay(graph, probe, x, soft)  # forward, backward and update
+            graphed = replayed is not None  # None: the capture failed, eager from now on
+        if graphed:
+            loss, out = replayed
+        else:
+            with plan.autocast():
+                out = net(x)
+                loss = loss_fn(out, soft)
+        # On CUDA the check reads the device only every log_every steps (no host sync per step).
+        bad = bad | ~torch.isfinite(loss.detach())
+        if (not on_cuda or (step + 1) % check_every == 0 or step + 1 == steps) and bool(bad):
+            value, where = (loss.item(), "") if not on_cuda else ("non-finite", " or earlier")
             raise NonFiniteLossError(
-                f"training loss is {loss.item()} at epoch {epoch + 1}, step {step}: the run stops "
-                "(lower optim.lr or set trainer.grad_clip)"
+                f"training loss is {value} at epoch {epoch + 1}, step {step}{where}: the run "
+                "stops (lower optim.lr or set trainer.grad_clip)"
             )
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is None:
-            loss.backward()
-        else:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)  # clip the true gradients
-        if tcfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(backbone.parameters(), float(tcfg.grad_clip))
-        if scaler is None:
-            optimizer.step()
-        else:
-            scaler.step(optimizer)
-            scaler.update()
+        if not graphed:
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is None:
+                loss.backward()
+            else:
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)  # clip the true gradients
+            if tcfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(backbone.parameters(), float(tcfg.grad_clip))
+            if scaler is None:
+                optimizer.step()
+            else:
+                scaler.step(optimizer)
+                scaler.update()
+            # let the autograd graph go now: a CUDA graph captured next must not meet its nodes
+            loss, out = loss.detach(), out.detach()
         functional.reset_net(backbone)
         loss_sum += loss.detach() * len(y)
         correct += topk_correct(out.detach().float().mean(0), y, (1,))[0]

@@ -4,17 +4,30 @@ Usage (from the repository root):
     python -m benchmarks.throughput --models spikformer_4_384_cifar --downsample lif_maxpool
     python -m benchmarks.throughput --repeats 5                # every CIFAR backbone x variant
     python -m benchmarks.throughput --device cpu --memory none  # skip the memory subprocesses
+    python -m benchmarks.throughput --device cuda --batch-size 64 --cuda-graph off
 
 Both modes (`gradprobe.fast.configure`) run on the same model object (the parameter count is
 asserted equal) and the same batch. After warm-up steps in each mode (which also build the
 fused LIF kernel), repetitions alternate A-B-B-A so that load from other processes falls on
 both modes alike; medians are reported with the ratio fast / reference.
 
-A train step is reset_net → forward (autocast per plan) → cross-entropy → backward → AdamW step.
-An eval step is reset_net → forward under ``torch.inference_mode`` in eval mode.
+A train step is reset_net → forward (autocast per plan) → cross-entropy → backward → AdamW step
+(each mode with its own AdamW over the shared parameters). On CUDA the fast mode's train step is,
+as in the harness (``trainer.cuda_graph=auto``), one replayed CUDA graph of all that
+(`gradprobe.fast.CUDAGraphStep`, captured during the warm-up; ``--cuda-graph off`` times the
+eager fast step instead). An eval step is reset_net → forward under ``torch.inference_mode`` in
+eval mode, eager in both modes.
+
+Model FLOP utilisation (MFU): the FLOPs of one train step are counted once with
+``torch.utils.flop_counter.FlopCounterMode`` on the reference-mode formulation (convolutions and
+matmuls, forward and backward; attention as ``(Q·Kᵀ)·V``, as the official code computes it), so
+both modes are credited with the same model FLOPs; MFU is those FLOPs times steps per second over
+the device's dense bf16/fp16 peak (``--peak-tflops``; by default 989 TFLOP/s for an H100/H200
+SXM, the datasheet figure, and not reported for other devices).
 
 Peak memory of a train step: on CUDA ``torch.cuda.max_memory_allocated`` minus the memory held
-before the step; on CPU, where allocator statistics do not exist, a subprocess per configuration
+before the step (for a replayed graph, the size of the graph's private memory pool, which holds
+every tensor of its step, gradients included); on CPU, where allocator statistics do not exist, a subprocess per configuration
 warms up, returns freed heap to the OS (``malloc_trim``), resets its RSS high-water mark
 (``/proc/self/clear_refs``) and reports the high-water mark of one step above the RSS before it.
 """
@@ -34,6 +47,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 from spikingjelly.activation_based import functional
+from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
@@ -42,6 +56,17 @@ from gradprobe.downsample import list_downsamples
 from gradprobe.models import create_model, list_models
 
 MODES = ("reference", "fast")
+DENSE_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4}  # SXM datasheet peaks, dense (no sparsity)
+
+
+def peak_tflops(device: torch.device, override: float | None) -> float | None:
+    """The device's dense bf16/fp16 peak in TFLOP/s, or ``None`` when unknown (CPU included)."""
+    if override:
+        return override
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in DENSE_BF16_TFLOPS.items() if k in name), None)
 
 
 class Bench:
@@ -59,8 +84,18 @@ class Bench:
             self.plans[mode] = fast.configure(self.model, mode, device=self.device)
             self.params[mode] = sum(p.numel() for p in self.model.parameters())
         assert self.params["reference"] == self.params["fast"], self.params
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
+        self.optimizers = {m: torch.optim.AdamW(self.model.parameters(), lr=1e-4) for m in MODES}
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.device.type == "cuda")
+        # The fast mode's train step as the harness runs it: a replayed CUDA graph on CUDA.
+        self.graph = None
+        if args.cuda_graph == "on" or (args.cuda_graph == "auto" and self.device.type == "cuda"):
+            self.graph = fast.CUDAGraphStep(
+                self.model,
+                self.optimizers["fast"],
+                torch.nn.functional.cross_entropy,
+                self.plans["fast"],
+            )
+        self.graph_peak_mb = None
         self.mode = None
 
     def use(self, mode: str) -> fast.StepPlan:
@@ -76,21 +111,40 @@ class Bench:
     def train_step(self, mode: str) -> float:
         plan = self.use(mode)
         self.model.train()
+        optimizer = self.optimizers[mode]
         self._sync()
         start = time.perf_counter()
+        if mode == "fast" and self.graph is not None:
+            self.graph(self.images, self.labels)  # the first call captures
+            if self.graph_peak_mb is None:
+                self.graph_peak_mb = fast.graph_pool_mib(self.graph.graph)
+            self._sync()
+            return time.perf_counter() - start
         functional.reset_net(self.model)
-        self.optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=True)
         with plan.autocast():
             loss = torch.nn.functional.cross_entropy(self.model(self.images), self.labels)
         if plan.needs_grad_scaler:
             self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
+            self.scaler.step(optimizer)
             self.scaler.update()
         else:
             loss.backward()
-            self.optimizer.step()
+            optimizer.step()
         self._sync()
         return time.perf_counter() - start
+
+    def train_step_flops(self) -> int:
+        """FLOPs of one train step in reference mode (forward + loss + backward, no optimizer)."""
+        self.use("reference")
+        self.model.train()
+        with FlopCounterMode(display=False) as counter:
+            functional.reset_net(self.model)
+            loss = torch.nn.functional.cross_entropy(self.model(self.images), self.labels)
+            loss.backward()
+        self.optimizers["reference"].zero_grad(set_to_none=True)
+        functional.reset_net(self.model)
+        return counter.get_total_flops()
 
     def eval_step(self, mode: str) -> float:
         plan = self.use(mode)
@@ -105,8 +159,11 @@ class Bench:
         return time.perf_counter() - start
 
     def cuda_peak_mb(self, mode: str) -> float:
+        if mode == "fast" and self.graph is not None:
+            # a replay allocates nothing: its memory is the graph's pool, sized at capture
+            return self.graph_peak_mb if self.graph_peak_mb is not None else float("nan")
         self.train_step(mode)
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizers[mode].zero_grad(set_to_none=True)
         torch.cuda.synchronize(self.device)
         before = torch.cuda.memory_allocated(self.device)
         torch.cuda.reset_peak_memory_stats(self.device)
@@ -126,7 +183,7 @@ def child_memory(name: str, downsample: str, mode: str, args: argparse.Namespace
     bench = Bench(name, downsample, args)
     for _ in range(2):
         bench.train_step(mode)
-    bench.optimizer.zero_grad(set_to_none=True)
+    bench.optimizers[mode].zero_grad(set_to_none=True)
     ctypes.CDLL("libc.so.6").malloc_trim(0)
     before = _rss_kb("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
@@ -180,6 +237,14 @@ def measure(name: str, downsample: str, args: argparse.Namespace) -> dict:
         row[f"{kind}_ips_{mode}"] = args.batch_size / seconds
     for kind in ("train", "eval"):
         row[f"{kind}_x"] = row[f"{kind}_ips_fast"] / row[f"{kind}_ips_reference"]
+    flops = bench.train_step_flops()
+    row["train_gflop_per_img"] = flops / args.batch_size / 1e9
+    peak = peak_tflops(bench.device, args.peak_tflops)
+    for mode in MODES:
+        achieved = flops / row[f"train_s_{mode}"] / 1e12
+        row[f"train_tflops_{mode}"] = achieved
+        if peak:
+            row[f"mfu_pct_{mode}"] = 100 * achieved / peak
     if args.memory != "none":
         for mode in MODES:
             if bench.device.type == "cuda":
@@ -187,7 +252,9 @@ def measure(name: str, downsample: str, args: argparse.Namespace) -> dict:
             else:
                 row[f"peak_mb_{mode}"] = cpu_peak_mb(name, downsample, mode, args)
         row["mem_x"] = row["peak_mb_fast"] / row["peak_mb_reference"]
-    row["kernel_fast"] = bench.plans["fast"].lif_kernel
+    row["kernel_fast"] = bench.plans["fast"].lif_kernel + (
+        " + CUDA graph" if bench.graph is not None else ""
+    )
     return row
 
 
@@ -200,6 +267,8 @@ def _print_row(row: dict) -> None:
     )
     if "mem_x" in row:
         text += f"  peak {row['peak_mb_reference']:7.1f}/{row['peak_mb_fast']:7.1f} MiB"
+    if "mfu_pct_fast" in row:
+        text += f"  MFU {row['mfu_pct_reference']:.2f}%/{row['mfu_pct_fast']:.2f}%"
     print(text, flush=True)
 
 
@@ -215,6 +284,15 @@ def main(argv: list[str] | None = None) -> pd.DataFrame | None:
     parser.add_argument("--memory", choices=("measure", "none"), default="measure")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--cuda-graph",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="fast mode's train step as a replayed CUDA graph (auto: on CUDA, as the harness)",
+    )
+    parser.add_argument(
+        "--peak-tflops", type=float, default=None, help="device peak for MFU (default: by name)"
+    )
     parser.add_argument("--csv", type=Path, default=None, help="also write the table here")
     parser.add_argument("--child", choices=MODES, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -243,6 +321,9 @@ def main(argv: list[str] | None = None) -> pd.DataFrame | None:
     columns += ["train_x", "eval_ips_reference", "eval_ips_fast", "eval_x"]
     if args.memory != "none":
         columns += ["peak_mb_reference", "peak_mb_fast", "mem_x"]
+    columns += ["train_gflop_per_img", "train_tflops_reference", "train_tflops_fast"]
+    if "mfu_pct_fast" in rows[0]:
+        columns += ["mfu_pct_reference", "mfu_pct_fast"]
     print(f"\nfast path: {rows[0]['kernel_fast']} LIF; load average at end {os.getloadavg()}")
     print(table[columns].round(2).to_string(index=False))
     if args.csv:

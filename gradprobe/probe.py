@@ -494,6 +494,19 @@ class Probe:
         self._open = False
         return self
 
+    @property
+    def samples_next(self) -> bool:
+        """Whether the probe measures the next step (run it eagerly under a CUDA graph)."""
+        return self.enabled and (self.step + 1) % self.every == 0
+
+    def skip_step(self) -> None:
+        """Count a step that ran without the hooks (a replayed CUDA graph): not measured."""
+        self.step += 1
+        self._sampled = False
+        self._open = False
+        self._calls = {}
+        self._current = {}
+
     def remove(self) -> None:
         """Remove the hooks and forget the model; records stay readable."""
         self.disable()

@@ -185,10 +185,74 @@ def test_cuda_fast_and_reference_modes() -> None:
     assert loss_fast == pytest.approx(loss_ref, rel=1e-2)
     plan = fast.configure(model, "fast")  # bf16 autocast: spikes may differ, loss must be sane
     assert plan.amp_dtype == torch.bfloat16
+    functional.reset_net(model)
     with plan.autocast():
         loss = F.cross_entropy(model(x), y)
     loss.backward()
     assert torch.isfinite(loss)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_probe_records_on_cuda_under_bf16(variant: str) -> None:
+    """The probe on the CUDA fast path (spikingjelly's fused LIF, bf16 autocast): CML's windows
+    still send all their gradient to the arg-max of the pre-spike map (eq. 11)."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    model = tiny("spikformer_4_256_cifar", variant)
+    plan = fast.configure(model, "fast")
+    x = torch.rand(4, 3, 32, 32, device="cuda")
+    with attach_probe(model) as probe:
+        functional.reset_net(model)
+        with plan.autocast():
+            out = model(x)
+        out.float().sum().backward()
+    frame = probe.to_frame()
+    assert len(frame) == 2 * 2 and set(frame["variant"]) == {variant}
+    if variant == "maxpool_lif":
+        assert (frame["precision"] == 1.0).all()
+    if variant == "strided_conv":
+        assert frame["precision"].isna().all()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("amp", [False, True])
+def test_cuda_graph_step_trains_as_eager_steps(amp: bool) -> None:
+    """`CUDAGraphStep`: capturing leaves the model as it was, and replays follow the eager
+    steps' losses and parameters, also across a learning-rate change."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    eager = tiny("spikformer_4_256_cifar", "maxpool_lif")
+    graphed = tiny("spikformer_4_256_cifar", "maxpool_lif")
+    plans = [fast.configure(m, "fast", amp=amp) for m in (eager, graphed)]
+    # capturable in both, so that both run the same optimizer kernels
+    opts = [torch.optim.AdamW(m.parameters(), lr=1e-3, capturable=True) for m in (eager, graphed)]
+    batches = [(torch.rand(8, 3, 32, 32, device="cuda"), torch.arange(8, device="cuda") % 10)]
+    batches += [(torch.rand(8, 3, 32, 32, device="cuda"), batches[0][1]) for _ in range(3)]
+    step = fast.CUDAGraphStep(graphed, opts[1], F.cross_entropy, plans[1])
+    before = {k: v.clone() for k, v in graphed.state_dict().items()}
+    step.capture(*batches[0])
+    assert all(torch.equal(before[k], v) for k, v in graphed.state_dict().items())
+    for i, (x, y) in enumerate(batches):
+        if i == 2:  # a scheduler's new learning rate reaches the replays
+            for opt in opts:
+                opt.param_groups[0]["lr"] = 3e-4
+        functional.reset_net(eager)
+        opts[0].zero_grad(set_to_none=True)
+        with plans[0].autocast():
+            loss = F.cross_entropy(eager(x), y)
+        loss.backward()
+        opts[0].step()
+        replayed, _ = step(x, y)
+        assert replayed.item() == pytest.approx(loss.item(), rel=1e-5)
+    for (name, p), q in zip(eager.named_parameters(), graphed.parameters(), strict=True):
+        if name.endswith("proj.bias"):
+            # feeds a BatchNorm: zero true gradient, so Adam steps on rounding noise (at most lr
+            # per step either way); the outputs do not depend on it
+            assert (q - p).abs().max().item() <= 2 * 4 * 1e-3
+        else:
+            torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-6, msg=name)
+    assert step.fits(*batches[0]) and not step.fits(batches[0][0][:4], batches[0][1][:4])
 
 
 def test_fast_token_linear_matches_reference_linear() -> None:

@@ -147,6 +147,26 @@ def test_every_n_steps(via) -> None:
         attach_probe(model, every=0)
 
 
+def test_skipped_steps_count_but_are_not_measured() -> None:
+    """Steps replayed from a CUDA graph run no hooks: `skip_step` keeps the count, and
+    `samples_next` tells the harness which steps to run eagerly."""
+    model, x = tiny_model("maxpool_lif"), images()
+    with attach_probe(model, every=2) as probe:
+        measured = []
+        for _ in range(5):
+            measured.append(probe.samples_next)
+            if probe.samples_next:
+                functional.reset_net(model)
+                model(x).sum().backward()
+            else:
+                probe.skip_step()
+        assert measured == [True, False, True, False, True]
+        assert probe.step == 4
+        probe.disable()
+        assert not probe.samples_next  # a disabled probe measures nothing
+    assert sorted(set(probe.to_frame()["step"])) == [0, 2, 4]
+
+
 def test_only_windows_that_route_gradient_are_counted() -> None:
     site = build_downsample("lif_maxpool", 2, 3)
     with attach_probe(site, keep_maps=True) as probe:

@@ -236,3 +236,32 @@ def test_soft_targets_smooth_and_stop_mixing():
     assert torch.allclose(soft.sum(-1), torch.ones(4)) and torch.allclose(
         soft.max(-1).values, torch.full((4,), 0.925)
     )
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["fast", "reference"])
+def test_a_run_trains_on_cuda_with_the_probe(tmp_path, mode):
+    """On CUDA: bf16 + spikingjelly's fused LIF (fast) or fp16 + GradScaler + loop (reference)."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    amp = {"fast": "bf16", "reference": "fp16"}[mode]
+    overrides = [f"trainer.mode={mode}", f"trainer.amp={amp}", "probe=landing", "probe.every=2"]
+    cfg = config("trainer.device=cuda", *overrides)
+    assert run(cfg, tmp_path) == "finished"
+    doc = store.read_run(tmp_path, "run")
+    env = json.loads((tmp_path / "run" / "environment.json").read_text())
+    assert env["precision"] == amp
+    assert env["lif_kernel"] == {"fast": "spikingjelly-cuda", "reference": "loop"}[mode]
+    assert doc["final"]["epochs_done"] == 3 and math.isfinite(doc["final"]["test_loss"])
+    assert doc["probe"] and {row["epoch"] for row in doc["probe"]} == {1, 2, 3}
+    assert env["cuda_graph"] == (mode == "fast")  # trainer.cuda_graph=auto
+    steps = sorted({row["step"] for row in doc["probe"]})
+    assert steps == list(range(0, steps[-1] + 1, 2))  # graph replays counted, not measured
+
+
+def test_cuda_graph_setting_is_checked(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown trainer\.cuda_graph 'maybe'; choices: auto"):
+        check_config(config("trainer.cuda_graph=maybe"))
+    assert run(config("trainer.cuda_graph=on", "trainer.device=cpu"), tmp_path) == "failed"
+    doc = store.read_run(tmp_path, "run")
+    assert doc["error"] == "trainer.cuda_graph=on cannot run with device cpu"
