@@ -18,6 +18,7 @@ cifar100   avgpool_lif   (1 running)         no mean, not averaged
 import math
 import shutil
 import subprocess
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -356,3 +357,34 @@ def test_latex_tables_compile(built, tmp_path):
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-2000:]
     assert (tmp_path / "tables.pdf").stat().st_size > 0
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("study", ["repro_table1_mini", "repro_table1_gpu"])
+def test_committed_studies_rebuild_to_their_committed_reports(study, tmp_path):
+    """The committed reports are what `python -m reports build` makes of the committed stores."""
+    folder = ROOT / "reports" / study
+    assert main(["build", "--results", str(folder), "--out", str(tmp_path), "--no-figures"]) == 0
+    committed = folder / "report"
+    rebuilt = sorted(p.name for p in tmp_path.iterdir())
+    assert rebuilt and set(rebuilt) <= {p.name for p in committed.iterdir()}
+    for name in rebuilt:
+        assert (tmp_path / name).read_bytes() == (committed / name).read_bytes(), name
+
+
+def test_readme_quotes_the_committed_mini_study():
+    table = (ROOT / "reports/repro_table1_mini/report/table1_other.md").read_text()
+    readme = (ROOT / "reports/repro_table1_mini/README.md").read_text()
+    for cell in (
+        "34.20 ± 1.82",
+        "33.93 ± 2.80 (-0.27)",
+        "28.07 ± 1.94 (-6.13)",
+        "28.87 ± 2.15",
+        "39.17 ± 2.38",
+        "38.97 ± 3.18 (-0.20)",
+        "33.50 ± 0.46",
+        "36.50 ± 1.75",
+    ):
+        assert cell in table and cell.split(" (")[0] in readme, cell
