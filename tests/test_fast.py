@@ -295,3 +295,13 @@ def test_fast_mode_switches_token_linears_on_cpu_only() -> None:
     fast.configure(model, "reference", device="cpu")
     kinds = {type(m) for m in model.modules() if isinstance(m, PointwiseBN)}
     assert kinds == {PointwiseBN}
+
+
+def test_cuda_graph_step_refuses_what_it_cannot_capture() -> None:
+    model = tiny("sps_tokenizer_cifar", "maxpool_lif")
+    plan = fast.configure(model, "fast", device="cpu")
+    adam = torch.optim.AdamW(model.parameters())
+    with pytest.raises(ValueError, match="CUDA graphs need a CUDA plan, got device cpu"):
+        fast.CUDAGraphStep(model, adam, F.cross_entropy, plan)
+    assert fast.supports_cuda_graph(adam)
+    assert not fast.supports_cuda_graph(torch.optim.SGD(model.parameters(), lr=0.1))

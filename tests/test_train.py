@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,10 @@ from hydra import compose, initialize_config_module
 import ablations.configs  # noqa: F401  (registers the model group)
 from ablations import engine, store
 from ablations.checks import ConfigError, check_config
+from ablations.distributed import Dist
 from ablations.losses import SoftTargets, TETLoss, TimeMeanCrossEntropy
 from ablations.rundir import RunRecord
+from gradprobe import fast
 
 #: A run that takes about a second per epoch on one CPU core.
 TINY = [
@@ -265,3 +268,27 @@ def test_cuda_graph_setting_is_checked(tmp_path):
     assert run(config("trainer.cuda_graph=on", "trainer.device=cpu"), tmp_path) == "failed"
     doc = store.read_run(tmp_path, "run")
     assert doc["error"] == "trainer.cuda_graph=on cannot run with device cpu"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["trainer.cuda_graph=auto"], None),  # CPU: eager, silently
+        (["trainer.cuda_graph=off", "trainer.device=cuda"], None),
+        (["trainer.cuda_graph=auto", "trainer.mode=reference", "trainer.device=cuda"], None),
+        (["trainer.cuda_graph=on", "trainer.mode=reference"], "trainer.mode=reference"),
+        (["trainer.cuda_graph=on", "optim=sgd"], "SGD (no capturable mode)"),
+    ],
+)
+def test_when_the_harness_captures_cuda_graphs(overrides, expected):
+    cfg = config(*overrides)
+    model = torch.nn.Linear(2, 2)
+    optimizer = engine.build_optimizer(cfg.optim, model)
+    device = torch.device("cpu" if cfg.trainer.device == "auto" else cfg.trainer.device)
+    plan = fast.StepPlan(str(cfg.trainer.mode), device, None, "loop", False, 0)
+    args = (cfg.trainer, model, optimizer, F.cross_entropy, plan, None, Dist())
+    if expected is None:
+        assert engine.cuda_graph_step(*args) is None
+    else:
+        with pytest.raises(ConfigError, match=re.escape(expected)):
+            engine.cuda_graph_step(*args)
