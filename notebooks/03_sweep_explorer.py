@@ -27,6 +27,8 @@
 # the four variants, a one-block Spikformer, the embedded digits, a few CPU minutes). Without
 # that store it runs the quickstart itself, shortened by the parameters below, into a sweep
 # dir of its own (`<sweep>_small`), so that a later full quickstart is not mixed with it.
+# Set `SWEEP = "reports/repro_table1_mini"` (a path from the checkout) to explore the
+# project's committed study instead: Table 1 at reduced scale on the real CIFAR-10, 24 runs.
 
 # %% tags=["parameters"]
 SWEEP = None  # a sweep dir (or its results/ folder); None: the quickstart's, sweeps/quickstart
@@ -50,7 +52,7 @@ from reports.load import load_results
 from reports.precision import snapshots
 
 checkout = Path(ablations.__file__).resolve().parents[1]  # where `python -m ablations` runs
-sweep = Path(SWEEP) if SWEEP else checkout / "sweeps" / "quickstart"
+sweep = checkout / (SWEEP or "sweeps/quickstart")  # relative paths: from the checkout
 
 # %%
 if next(iter_runs(sweep), None) is None:
