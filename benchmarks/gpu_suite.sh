@@ -23,6 +23,7 @@ mkdir -p "$out" && out=$(cd "$out" && pwd)
 export PYTHONUNBUFFERED=1
 work=${TMPDIR:-/tmp}/gradprobe-gpu-suite
 logs=$work/logs
+rm -rf "$work"  # a fresh start: an earlier suite's smoke runs would be skipped as finished
 mkdir -p "$logs"
 # one archive of every log and CSV, written however the suite ends
 trap 'tar czf "$out/gpu_suite_logs.tar.gz" -C "$work" logs' EXIT
