@@ -292,3 +292,24 @@ def test_when_the_harness_captures_cuda_graphs(overrides, expected):
     else:
         with pytest.raises(ConfigError, match=re.escape(expected)):
             engine.cuda_graph_step(*args)
+
+
+def test_a_failed_capture_leaves_the_run_eager(caplog):
+    class BrokenCapture:
+        graph, failed = None, None
+
+        def capture(self, x, target):
+            self.failed = "RuntimeError: capture refused"
+            raise RuntimeError("capture refused")
+
+    from gradprobe.models import create_model
+    from gradprobe.probe import attach_probe
+
+    model = create_model("sps_tokenizer_cifar", downsample="maxpool_lif", T=1, embed_dim=16)
+    with attach_probe(model) as probe:
+        x = torch.rand(2, 3, 32, 32)
+        assert engine.replay(BrokenCapture(), probe, x, torch.zeros(2, 10)) is None
+        assert probe.enabled and probe.step == -1  # hooks back, no step counted
+    assert (
+        "CUDA graph capture failed, training eagerly: RuntimeError: capture refused" in caplog.text
+    )
