@@ -74,11 +74,12 @@ class StepPlan:
     reference_layout: bool
     lif_count: int
 
-    def autocast(self) -> contextlib.AbstractContextManager:
-        """Context for forward + loss (a no-op in float32)."""
+    def autocast(self, cache: bool = True) -> contextlib.AbstractContextManager:
+        """Context for forward + loss (a no-op in float32); ``cache=False`` while capturing a
+        CUDA graph (autocast's cache of cast weights must not outlive the capture)."""
         if self.amp_dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, cache_enabled=cache)
 
     @property
     def needs_grad_scaler(self) -> bool:
@@ -301,16 +302,11 @@ class CUDAGraphStep:
         self._lr_tensors: list[torch.Tensor] = []
         self.failed: str | None = None  # why a capture failed; no replays after that
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.plan.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast("cuda", dtype=self.plan.amp_dtype, cache_enabled=False)
-
     def _step(self, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         from spikingjelly.activation_based import functional
 
         functional.reset_net(self.model)
-        with self._autocast():
+        with self.plan.autocast(cache=False):
             out = self.model(x)
             loss = self.loss_fn(out, target)
         loss.backward()
