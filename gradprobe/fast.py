@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from spikingjelly.activation_based import neuron
+from spikingjelly.activation_based import functional, neuron
 from torch import nn
 
 from gradprobe.fused_lif import FusedLIFNode, compiler_available
@@ -303,8 +303,6 @@ class CUDAGraphStep:
         self.failed: str | None = None  # why a capture failed; no replays after that
 
     def _step(self, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        from spikingjelly.activation_based import functional
-
         functional.reset_net(self.model)
         with self.plan.autocast(cache=False):
             out = self.model(x)
