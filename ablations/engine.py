@@ -155,9 +155,12 @@ def step_plan(tcfg: DictConfig, model: nn.Module, device: torch.device) -> fast.
     `gradprobe.fast.configure` has its own precision per mode (float16 on CUDA in reference
     mode); the harness overrides it so that ``trainer.amp`` is the one switch for precision:
     ``auto`` is bf16 autocast on CUDA and float32 on CPU, ``fp16`` the official code's ``--amp``
-    (with a GradScaler).
+    (with a GradScaler). ``trainer.exact`` keeps a CPU fast-mode step bit-identical to reference
+    mode in its forward and float32 in its gradients (`gradprobe.fast.configure`).
     """
-    plan = fast.configure(model, mode=str(tcfg.mode), device=device)
+    plan = fast.configure(
+        model, mode=str(tcfg.mode), device=device, exact=bool(tcfg.get("exact", False))
+    )
     amp = str(tcfg.amp)
     if amp == "auto":
         amp = "bf16" if device.type == "cuda" else "fp32"
@@ -283,7 +286,7 @@ def fit(cfg: DictConfig, record: RunRecord, device: torch.device, dist: Dist, T:
             if group.get("capturable"):
                 group["capturable"] = False
     step = {"mode": plan.mode, "lif_kernel": plan.lif_kernel, "precision": precision_name(plan)}
-    step["cuda_graph"] = graph is not None
+    step.update(exact=plan.exact, grad_precision=plan.grad_precision, cuda_graph=graph is not None)
     record.start(OmegaConf.to_yaml(cfg, resolve=True), str(device), step)
     record.update(history, probe_rows)
     log.info(
@@ -299,12 +302,14 @@ def fit(cfg: DictConfig, record: RunRecord, device: torch.device, dist: Dist, T:
         device,
     )
     log.info(
-        "%s: trainer.mode=%s, LIF kernel %s (%d neurons), %s",
+        "%s: trainer.mode=%s, LIF kernel %s (%d neurons), %s, %s gradient operands%s",
         record.run_id,
         plan.mode,
         plan.lif_kernel,
         plan.lif_count,
         step["precision"],
+        plan.grad_precision,
+        ", exact" if plan.exact else "",
     )
     writer = None
     if cfg.logger.tensorboard and dist.is_main:

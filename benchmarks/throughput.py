@@ -5,11 +5,25 @@ Usage (from the repository root):
     python -m benchmarks.throughput --repeats 5                # every CIFAR backbone x variant
     python -m benchmarks.throughput --device cpu --memory none  # skip the memory subprocesses
     python -m benchmarks.throughput --device cuda --batch-size 64 --cuda-graph off
+    python -m benchmarks.throughput --models spikformer_4_384_cifar --anchor   # + the port
+    python -m benchmarks.throughput --exact   # fast mode bit-identical to reference's forward
 
-Both modes (`gradprobe.fast.configure`) run on the same model object (the parameter count is
-asserted equal) and the same batch. After warm-up steps in each mode (which also build the
-fused LIF kernel), repetitions alternate A-B-B-A so that load from other processes falls on
-both modes alike; medians are reported with the ratio fast / reference.
+Both modes (`gradprobe.fast.configure`) run the same model (same seed, same weights; the
+parameter count is asserted equal) on the same batch. On CPU each mode runs in its own worker
+process (`Worker`, ``--isolate``), as each code would run alone: sharing one heap, the modes'
+different allocation patterns make glibc hand memory back and fault it in again at every
+switch, which costs seconds per step on a VM. After warm-up steps in each mode (which also
+build the fused LIF kernel), the parent asks for one step at a time, alternating A-B-B-A so
+that load from other processes falls on both modes alike; medians are reported with the ratio
+fast / reference.
+
+The fast mode is `gradprobe.fast.configure`'s default: on CPU, BatchNorm over contiguous
+token rows and, where the CPU has bfloat16 dot products, bfloat16 operands in the backward's
+convolutions and token matmuls (the forward stays float32); ``--exact`` times the fast mode that
+keeps reference mode's forward bit for bit and every gradient in float32.
+
+``--anchor`` also times spikingjelly 2.0's own Spikformer CIFAR-10 model (`PortAnchor`) in the
+same interleaved loop, as a yardstick for reference mode against the official code.
 
 A train step is reset_net → forward (autocast per plan) → cross-entropy → backward → AdamW step
 (each mode with its own AdamW over the shared parameters). On CUDA the fast mode's train step is,
@@ -36,12 +50,15 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import functools
 import json
+import multiprocessing
 import os
 import statistics
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import pandas as pd
@@ -80,8 +97,9 @@ class Bench:
         self.labels = torch.randint(0, 10, (args.batch_size,), device=self.device)
         self.plans = {}
         self.params = {}
+        self.exact = args.exact
         for mode in MODES:
-            self.plans[mode] = fast.configure(self.model, mode, device=self.device)
+            self.plans[mode] = self._configure(mode)
             self.params[mode] = sum(p.numel() for p in self.model.parameters())
         assert self.params["reference"] == self.params["fast"], self.params
         self.optimizers = {m: torch.optim.AdamW(self.model.parameters(), lr=1e-4) for m in MODES}
@@ -98,9 +116,12 @@ class Bench:
         self.graph_peak_mb = None
         self.mode = None
 
+    def _configure(self, mode: str) -> fast.StepPlan:
+        return fast.configure(self.model, mode, device=self.device, exact=self.exact)
+
     def use(self, mode: str) -> fast.StepPlan:
         if mode != self.mode:
-            fast.configure(self.model, mode, device=self.device)
+            self._configure(mode)
             self.mode = mode
         return self.plans[mode]
 
@@ -172,6 +193,40 @@ class Bench:
         return (torch.cuda.max_memory_allocated(self.device) - before) / 2**20
 
 
+class PortAnchor:
+    """spikingjelly 2.0's own Spikformer CIFAR-10 model, trained like `Bench` trains ours.
+
+    The official Spikformer code is not part of this repository; spikingjelly's port of it is
+    installed with the stack. Measured on one 2-core CPU (B=16, T=4, fp32), the official CIFAR
+    code took 2.06 s per train step and the port 1.23 s (`OFFICIAL_OVER_PORT`). Timing the port
+    beside reference mode in the same run gives reference mode's time relative to an estimate
+    of the official code's on this machine: ``reference / (port x OFFICIAL_OVER_PORT)``.
+    """
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        from spikingjelly.activation_based.model.spikformer import spikformer_cifar10
+
+        torch.manual_seed(args.seed)
+        self.model = spikformer_cifar10(T=args.T, num_classes=10).to(args.device)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
+        self.images = torch.rand(args.batch_size, 3, 32, 32, device=args.device)
+        self.labels = torch.randint(0, 10, (args.batch_size,), device=args.device)
+        self.params = sum(p.numel() for p in self.model.parameters())
+
+    def train_step(self) -> float:
+        start = time.perf_counter()
+        functional.reset_net(self.model)
+        self.optimizer.zero_grad(set_to_none=True)
+        logits = self.model(self.images)
+        logits = logits.mean(0) if logits.dim() == 3 else logits  # [T, B, classes] → [B, classes]
+        torch.nn.functional.cross_entropy(logits, self.labels).backward()
+        self.optimizer.step()
+        return time.perf_counter() - start
+
+
+OFFICIAL_OVER_PORT = 2.06 / 1.23
+
+
 def _rss_kb(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -214,24 +269,104 @@ def cpu_peak_mb(name: str, downsample: str, mode: str, args: argparse.Namespace)
     ]
     if args.threads:
         command += ["--threads", str(args.threads)]
+    if args.exact:
+        command.append("--exact")
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run(command, cwd=root, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"]
 
 
+def _serve(conn, name: str, downsample: str, label: str, args: argparse.Namespace) -> None:
+    """A worker process: build one mode of `Bench` (or the `PortAnchor`), then time the steps
+    the parent asks for (``"train"``/``"eval"``) until it sends ``None``."""
+    try:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        if label == "port":
+            anchor = PortAnchor(args)
+            steps, params = {"train": anchor.train_step}, anchor.params
+        else:
+            bench = Bench(name, downsample, args)
+            bench.use(label)
+            steps = {
+                "train": functools.partial(bench.train_step, label),
+                "eval": functools.partial(bench.eval_step, label),
+            }
+            params = bench.params[label]
+        conn.send(("ready", params))
+        while (kind := conn.recv()) is not None:
+            conn.send(("ok", steps[kind]()))
+    except Exception:  # the parent re-raises it with the worker's traceback
+        conn.send(("error", traceback.format_exc()))
+
+
+class Worker:
+    """One mode in its own process, so that each keeps its own warm heap: in one process the
+    modes' different allocation patterns make glibc return and re-fault memory on every switch
+    (seconds of page faults per step on a VM), which is not how either code runs."""
+
+    def __init__(self, name: str, downsample: str, label: str, args: argparse.Namespace) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_serve, args=(child, name, downsample, label, args))
+        self.process.start()
+        self.params = self._reply()
+
+    def _reply(self) -> float:
+        status, value = self.conn.recv()
+        if status == "error":
+            raise RuntimeError(f"benchmark worker failed:\n{value}")
+        return value
+
+    def __call__(self, kind: str) -> float:
+        self.conn.send(kind)
+        return self._reply()
+
+    def close(self) -> None:
+        self.conn.send(None)
+        self.process.join()
+
+
 def measure(name: str, downsample: str, args: argparse.Namespace) -> dict:
     bench = Bench(name, downsample, args)
-    for mode in MODES:  # warm-up (allocators, the fused kernel's build, cuDNN choices)
+    labels = list(MODES)
+    if args.anchor and name == "spikformer_4_384_cifar":
+        labels.append("port")
+    isolate = args.isolate == "on" or (args.isolate == "auto" and bench.device.type == "cpu")
+    if isolate:
+        runners = {label: Worker(name, downsample, label, args) for label in labels}
+        assert all(runners[m].params == bench.params[m] for m in MODES)
+    else:
+        anchor = PortAnchor(args) if "port" in labels else None
+        runners = {
+            mode: functools.partial(
+                lambda kind, mode: (bench.train_step if kind == "train" else bench.eval_step)(mode),
+                mode=mode,
+            )
+            for mode in MODES
+        }
+        if anchor is not None:
+            runners["port"] = lambda kind: anchor.train_step()
+
+    def kinds(label: str) -> tuple[str, ...]:
+        return ("train",) if label == "port" else ("train", "eval")
+
+    for label in labels:  # warm-up (allocators, the fused kernel's build, cuDNN choices)
         for _ in range(args.warmup):
-            bench.train_step(mode)
-            bench.eval_step(mode)
-    times = {(mode, kind): [] for mode in MODES for kind in ("train", "eval")}
+            for kind in kinds(label):
+                runners[label](kind)
+    times = {(label, kind): [] for label in labels for kind in kinds(label)}
     for rep in range(args.repeats):
-        order = MODES if rep % 2 == 0 else MODES[::-1]  # A-B, B-A, ...
-        for mode in order:
-            times[mode, "train"].append(bench.train_step(mode))
-            times[mode, "eval"].append(bench.eval_step(mode))
+        for label in labels if rep % 2 == 0 else labels[::-1]:  # A-B-C, C-B-A, ...
+            for kind in kinds(label):
+                times[label, kind].append(runners[label](kind))
+    if isolate:
+        for runner in runners.values():
+            runner.close()
     row = {"model": name, "downsample": downsample, "params": bench.params["fast"]}
+    if "port" in labels:
+        row["params_port"] = runners["port"].params if isolate else anchor.params
+    row["isolated"] = isolate
     for (mode, kind), values in times.items():
         seconds = statistics.median(values)
         row[f"{kind}_s_{mode}"] = seconds
@@ -253,8 +388,15 @@ def measure(name: str, downsample: str, args: argparse.Namespace) -> dict:
             else:
                 row[f"peak_mb_{mode}"] = cpu_peak_mb(name, downsample, mode, args)
         row["mem_x"] = row["peak_mb_fast"] / row["peak_mb_reference"]
-    row["kernel_fast"] = bench.plans["fast"].lif_kernel
+    if "port" in labels:
+        row["ref_over_official_est"] = row["train_s_reference"] / (
+            row["train_s_port"] * OFFICIAL_OVER_PORT
+        )
+    plan = bench.plans["fast"]
+    row["kernel_fast"] = plan.lif_kernel
     row["step_fast"] = "CUDA graph" if bench.graph is not None else "eager"
+    row["grad_precision_fast"] = plan.grad_precision
+    row["exact_fast"] = plan.exact
     return row
 
 
@@ -269,6 +411,12 @@ def _print_row(row: dict) -> None:
         text += f"  peak {row['peak_mb_reference']:7.1f}/{row['peak_mb_fast']:7.1f} MiB"
     if "mfu_pct_fast" in row:
         text += f"  MFU {row['mfu_pct_reference']:.2f}%/{row['mfu_pct_fast']:.2f}%"
+    if "train_s_port" in row:
+        text += (
+            f"\n  anchor: spikingjelly's Spikformer port ({row['params_port']:,} params) "
+            f"{row['train_s_port']:.3f}s/step; reference / (port x {OFFICIAL_OVER_PORT:.2f}) = "
+            f"{row['ref_over_official_est']:.2f}"
+        )
     print(text, flush=True)
 
 
@@ -292,6 +440,22 @@ def main(argv: list[str] | None = None) -> pd.DataFrame | None:
     )
     parser.add_argument(
         "--peak-tflops", type=float, default=None, help="device peak for MFU (default: by name)"
+    )
+    parser.add_argument(
+        "--exact",
+        action="store_true",
+        help="fast mode with a forward bit-identical to reference mode and fp32 gradients",
+    )
+    parser.add_argument(
+        "--isolate",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="time each mode in its own worker process (auto: on CPU)",
+    )
+    parser.add_argument(
+        "--anchor",
+        action="store_true",
+        help="also time spikingjelly's Spikformer port (spikformer_4_384_cifar rows only)",
     )
     parser.add_argument("--csv", type=Path, default=None, help="also write the table here")
     parser.add_argument("--child", choices=MODES, default=None, help=argparse.SUPPRESS)
@@ -324,9 +488,11 @@ def main(argv: list[str] | None = None) -> pd.DataFrame | None:
     columns += ["train_gflop_per_img", "train_tflops_reference", "train_tflops_fast"]
     if "mfu_pct_fast" in rows[0]:
         columns += ["mfu_pct_reference", "mfu_pct_fast"]
+    first = rows[0]
     print(
-        f"\nfast path: {rows[0]['kernel_fast']} LIF kernel, {rows[0]['step_fast']} train step; "
-        f"load average at end {os.getloadavg()}"
+        f"\nfast path: {first['kernel_fast']} LIF kernel, {first['grad_precision_fast']} gradient "
+        f"operands, {'exact' if first['exact_fast'] else 'non-exact'} forward, "
+        f"{first['step_fast']} train step; load average at end {os.getloadavg()}"
     )
     print(table[columns].round(2).to_string(index=False))
     if args.csv:

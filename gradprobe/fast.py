@@ -10,14 +10,23 @@
   ``Q·(Kᵀ·V)``);
 * on CPU the token Linears (``PointwiseBN`` of kind ``"linear"``, Spikformer CIFAR) become
   `FastPointwiseBN`: the forward is the same ``F.linear`` call on the same contiguous
-  ``[T·B, N, C]`` tokens as reference mode (so spikes stay bit-identical), and the backward
-  computes ``dX``, ``dW`` and ``db`` as a 1x1 convolution backward in oneDNN. PyTorch's CPU
-  ``mm`` is MKL's sgemm, which on this AMD CPU runs about 100 GFLOP/s per core; oneDNN's
-  1x1 convolution on the same memory (a channels-last view, no copy) runs about 200. Gradients
-  differ from the sgemm ones by float rounding only;
+  ``[T·B, N, C]`` tokens as reference mode, and the backward computes ``dX``, ``dW`` and ``db``
+  as a 1x1 convolution backward in oneDNN: PyTorch's CPU ``mm`` is MKL's sgemm, and oneDNN's
+  1x1 convolution on the same memory (a channels-last view, no copy) is 1.3-1.6x faster on an
+  AVX-512 CPU (``benchmarks/gemm.py``);
+* on CPU, unless ``exact=True``: the token BatchNorms normalise the contiguous
+  ``[T·B·N, C']`` rows (5-10x faster than the references' BN on a transposed view, whose
+  memory order ``exact`` keeps so that statistics round the same way), and on a CPU with
+  bfloat16 dot products (AVX512-BF16, AMX) the backward of every convolution and token matmul
+  takes bfloat16 operands with float32 accumulation and float32 results (`_Conv`,
+  `_TokenLinear`), 2-3x faster than float32 (``benchmarks/gemm.py``). The forward stays float32: the loss matches
+  reference mode's to float rounding, spikes but for rare flips of a value within rounding of
+  the threshold, gradients to bfloat16 rounding (about 1 % per parameter tensor;
+  ``tests/test_fast.py``). ``exact=True`` keeps the forward bit-identical to reference mode and
+  every gradient in float32 (float rounding only);
 * on CUDA the returned plan autocasts to bfloat16. That changes spikes (BN outputs near the
-  threshold round differently), so the bf16 path is not held to spike identity; on CPU the step
-  stays float32 and is spike-identical to reference mode.
+  threshold round differently), so the bf16 path is not held to spike identity. CPU autocast
+  (``trainer.amp=bf16``) works too: LIFs take bfloat16 input and keep float32 state.
 
 ``configure(model, mode="reference")`` makes the same model compute the way the official code
 does: per-timestep LIF loop, the references' reshapes and ``.contiguous()`` copies
@@ -40,7 +49,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from spikingjelly.activation_based import functional, neuron
+from spikingjelly.activation_based import functional, layer, neuron
 from torch import nn
 
 from gradprobe.fused_lif import FusedLIFNode, compiler_available
@@ -65,6 +74,10 @@ class StepPlan:
             ``"fused-eager"``, ``"spikingjelly-cuda"`` or ``"loop"``.
         reference_layout: Whether the references' reshapes are mirrored.
         lif_count: Number of LIF modules switched.
+        exact: Whether the forward is bit-identical to reference mode's (float32 on CPU).
+        grad_precision: Operand precision of the backward's convolutions and token matmuls:
+            ``"fp32"``, or ``"bf16"`` (float32 accumulation) in fast non-exact mode on a CPU with
+            native bfloat16 dot products.
     """
 
     mode: str
@@ -73,6 +86,8 @@ class StepPlan:
     lif_kernel: str
     reference_layout: bool
     lif_count: int
+    exact: bool = True
+    grad_precision: str = "fp32"
 
     def autocast(self, cache: bool = True) -> contextlib.AbstractContextManager:
         """Context for forward + loss (a no-op in float32); ``cache=False`` while capturing a
@@ -91,13 +106,23 @@ class StepPlan:
         return x.to(self.device, non_blocking=True)
 
 
+def _grad_operand(t: torch.Tensor, bf16: bool) -> torch.Tensor:
+    return t.to(torch.bfloat16) if bf16 else t
+
+
+def _grad_result(t: torch.Tensor | None) -> torch.Tensor | None:
+    return t.float() if t is not None else None
+
+
 class _TokenLinear(torch.autograd.Function):
-    """``F.linear`` on contiguous tokens ``[M, N, C]``; backward as a oneDNN 1x1 conv backward."""
+    """``F.linear`` on contiguous tokens ``[M, N, C]``; backward as a oneDNN 1x1 conv backward,
+    in bfloat16 operands when ``bf16_grads`` (float32 accumulation, float32 results)."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias):
+    def forward(ctx, x, weight, bias, bf16_grads=False):
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
+        ctx.bf16 = bf16_grads
         return torch.nn.functional.linear(x, weight, bias)
 
     @staticmethod
@@ -105,50 +130,167 @@ class _TokenLinear(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         M, N, C = x.shape
         out = weight.shape[0]
+        bf16 = ctx.bf16
+        grad_y = grad_y.contiguous()
         # [M, N, C] memory read as a channels-last [M, C, N, 1] map: no copy.
-        x4 = x.view(M, N, 1, C).permute(0, 3, 1, 2)
-        g4 = grad_y.contiguous().view(M, N, 1, out).permute(0, 3, 1, 2)
-        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias]
-        mask[2] = mask[2] and ctx.needs_input_grad[2]
+        x4 = _grad_operand(x, bf16).view(M, N, 1, C).permute(0, 3, 1, 2)
+        g4 = _grad_operand(grad_y, bf16).view(M, N, 1, out).permute(0, 3, 1, 2)
+        w4 = _grad_operand(weight, bf16)[:, :, None, None]
+        bias_grad = ctx.has_bias and ctx.needs_input_grad[2]
+        # float32: the bias gradient comes with the others; bfloat16: summed in float32 below
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias_grad and not bf16]
         gx, gw, gb = torch.ops.aten.convolution_backward(
-            g4, x4, weight[:, :, None, None], [out], [1, 1], [0, 0], [1, 1], False, [0, 0], 1, mask
+            g4, x4, w4, [out], [1, 1], [0, 0], [1, 1], False, [0, 0], 1, mask
         )
-        gx = gx.permute(0, 2, 3, 1).reshape(M, N, C) if gx is not None else None
-        gw = gw.reshape(out, C) if gw is not None else None
-        return gx, gw, gb
+        gx = _grad_result(gx.permute(0, 2, 3, 1).reshape(M, N, C)) if gx is not None else None
+        gw = _grad_result(gw.reshape(out, C)) if gw is not None else None
+        if bias_grad and bf16:
+            gb = grad_y.sum((0, 1))
+        return gx, gw, gb, None
+
+
+class _Conv(torch.autograd.Function):
+    """``aten.convolution`` in float32; backward with bfloat16 operands (oneDNN, float32
+    accumulation), the bias gradient summed in float32."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, dilation, groups):
+        ctx.save_for_backward(x, weight)
+        ctx.conf = (stride, padding, dilation, groups)
+        ctx.has_bias = bias is not None
+        zeros = [0] * len(stride)
+        return torch.ops.aten.convolution(
+            x, weight, bias, stride, padding, dilation, False, zeros, groups
+        )
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, weight = ctx.saved_tensors
+        stride, padding, dilation, groups = ctx.conf
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False]
+        gx, gw, _ = torch.ops.aten.convolution_backward(
+            _grad_operand(grad_y, True),
+            _grad_operand(x, True),
+            _grad_operand(weight, True),
+            None,
+            stride,
+            padding,
+            dilation,
+            False,
+            [0] * len(stride),
+            groups,
+            mask,
+        )
+        dims = [0, *range(2, grad_y.dim())]
+        gb = grad_y.sum(dims) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return _grad_result(gx), _grad_result(gw), gb, None, None, None, None
+
+
+class _FastConvMixin:
+    """``_conv_forward`` through `_Conv` for float32 training steps on CPU."""
+
+    bf16_grads: bool = True
+
+    def _conv_forward(self, input, weight, bias):
+        if (
+            not self.bf16_grads
+            or input.device.type != "cpu"
+            or input.dtype != torch.float32
+            or self.padding_mode != "zeros"
+            or isinstance(self.padding, str)
+            or not torch.is_grad_enabled()
+            or torch.is_autocast_enabled("cpu")
+        ):
+            return super()._conv_forward(input, weight, bias)
+        return _Conv.apply(
+            input,
+            weight,
+            bias,
+            list(self.stride),
+            list(self.padding),
+            list(self.dilation),
+            self.groups,
+        )
+
+
+class FastConv2d(_FastConvMixin, layer.Conv2d):
+    """spikingjelly ``Conv2d`` with bfloat16-operand gradients on CPU (see `_Conv`)."""
+
+
+class FastConv1d(_FastConvMixin, layer.Conv1d):
+    """spikingjelly ``Conv1d`` with bfloat16-operand gradients on CPU (see `_Conv`)."""
+
+
+_FAST_CONVS = {layer.Conv2d: FastConv2d, layer.Conv1d: FastConv1d}
+
+
+def set_convs(model: nn.Module, bf16_grads: bool) -> int:
+    """Switch spikingjelly convolutions between their own class and the bf16-gradient one."""
+    count = 0
+    for module in model.modules():
+        kind = type(module)
+        base = next((b for b, f in _FAST_CONVS.items() if kind in (b, f)), None)
+        if base is not None:
+            module.__class__ = _FAST_CONVS[base] if bf16_grads else base
+            count += 1
+    return count
 
 
 class FastPointwiseBN(PointwiseBN):
-    """`PointwiseBN` whose ``"linear"`` kind runs `_TokenLinear` on CPU (same parameters)."""
+    """`PointwiseBN` whose ``"linear"`` kind (Spikformer CIFAR's tokens) runs fast on CPU.
+
+    Same parameters and maths as `PointwiseBN`. The Linear runs on the ``[T·B, N, C]`` token
+    memory (a view of channels-last maps, no copy) with the backward of `_TokenLinear`; under CPU
+    autocast it is oneDNN's bfloat16 matmul. ``exact`` (class attribute or per instance) keeps
+    BatchNorm on the references' transposed view so that its statistics round as reference
+    mode's do (bit-identical spikes); otherwise BN runs over the contiguous ``[T·B·N, C']`` rows,
+    5-10x faster, and its output stays in token order for the next layer.
+    """
+
+    exact: bool = True
+    bf16_grads: bool = False
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
-        proj = self.proj
+        proj, bn = self.proj, self.bn
+        autocast = torch.is_autocast_enabled("cpu")
+        grad = torch.is_grad_enabled()
         if (
             self.kind != "linear"
             or x_seq.device.type != "cpu"
-            or x_seq.dtype != torch.float32
+            or not (x_seq.dtype == torch.float32 or (x_seq.dtype == torch.bfloat16 and autocast))
             or proj._forward_hooks
             or proj._forward_pre_hooks
-            or not torch.is_grad_enabled()
+            or (self.exact and not (grad or autocast))
         ):
             return super().forward(x_seq)
         T, B, C, H, W = x_seq.shape
         # [T·B, N, C] tokens: a view when x_seq is channels-last (a FastPointwiseBN output)
         tokens = x_seq.flatten(3).transpose(-1, -2).reshape(T * B, H * W, C)
-        y = _TokenLinear.apply(tokens, proj.weight, proj.bias)  # [T·B, N, C']
+        if autocast or not grad:
+            y = torch.nn.functional.linear(tokens, proj.weight, proj.bias)
+        else:
+            y = _TokenLinear.apply(tokens, proj.weight, proj.bias, self.bf16_grads)
+        if (autocast or not self.exact) and not (bn._forward_hooks or bn._forward_pre_hooks):
+            y = nn.BatchNorm1d.forward(bn, y.view(-1, y.shape[-1]))  # [T·B·N, C'] rows
+            return y.view(T, B, H * W, -1).transpose(-1, -2).reshape(T, B, -1, H, W)
         # BN on the transposed view, as reference mode (and the official code) normalises it:
         # the same strides take the same kernel, so the statistics round the same way.
         y = y.view(T, B, H * W, -1).transpose(-1, -2)  # [T, B, C', N] view of [T·B, N, C']
-        return self.bn(y).reshape(T, B, -1, H, W)
+        return bn(y).reshape(T, B, -1, H, W)
 
 
-def set_pointwise(model: nn.Module, fast_kind: bool) -> int:
-    """Switch every `PointwiseBN` between its own class and `FastPointwiseBN`."""
+def set_pointwise(model: nn.Module, fast_kind: bool, exact: bool = True) -> int:
+    """Switch every `PointwiseBN` between its own class and `FastPointwiseBN` (with ``exact``)."""
     target = FastPointwiseBN if fast_kind else PointwiseBN
     count = 0
     for module in model.modules():
         if type(module) in (PointwiseBN, FastPointwiseBN):
             module.__class__ = target
+            if fast_kind:
+                module.exact = exact
+            else:
+                module.__dict__.pop("exact", None)
+                module.__dict__.pop("bf16_grads", None)
             count += 1
     return count
 
@@ -186,6 +328,13 @@ def set_lif_kernel(model: nn.Module, kernel: Literal["fused", "loop", "auto"], *
     return count
 
 
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU has bfloat16 dot-product instructions (AVX512-BF16 or AMX), which make
+    oneDNN's bfloat16 matmuls and convolutions 2-3x faster than float32 ones."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
 def configure(
     model: nn.Module,
     mode: Mode = "fast",
@@ -193,6 +342,7 @@ def configure(
     device: str | torch.device | None = None,
     compile_kernels: bool | Literal["auto"] = "auto",
     amp: bool = True,
+    exact: bool = False,
 ) -> StepPlan:
     """Put ``model`` on ``device`` in fast or reference mode and say how to step it.
 
@@ -205,6 +355,13 @@ def configure(
             ``"auto"`` does so when a C++ compiler is found.
         amp: On CUDA, autocast (bfloat16 in fast mode, float16 in reference mode). Ignored on
             CPU, where both modes run float32.
+        exact: Fast mode on CPU: keep the forward bit-identical to reference mode's (BatchNorm
+            statistics reduced in the references' memory order) and every gradient in float32.
+            ``False`` (the default) normalises token BatchNorms over contiguous rows and, on a
+            CPU with native bfloat16 dot products, feeds the backward's convolutions and token
+            matmuls bfloat16 operands (float32 accumulation and results): the loss agrees
+            with reference mode to float rounding, spikes to a few in a million, gradients to
+            bfloat16 rounding (``tests/test_fast.py``).
 
     Returns:
         The `StepPlan` for the harness: wrap forward + loss in ``plan.autocast()``; use a
@@ -221,19 +378,27 @@ def configure(
     device = torch.device(device) if device is not None else default_device()
     model.to(device)
     on_cuda = device.type == "cuda"
+    bf16_grads = False
     if mode == "reference":
         count = set_lif_kernel(model, "loop")
         set_pointwise(model, False)
+        set_convs(model, False)
         layout = install_reference_forwards(model)
         amp_dtype = torch.float16 if (amp and on_cuda) else None
         kernel = "loop"
+        exact = True
     else:
         compiled = (
             compiler_available() if compile_kernels == "auto" else bool(compile_kernels)
         ) and not on_cuda
         count = set_lif_kernel(model, "fused", compiled=compiled)
         remove_reference_forwards(model)
-        set_pointwise(model, not on_cuda)
+        set_pointwise(model, not on_cuda, exact=exact)
+        bf16_grads = not (on_cuda or exact) and cpu_has_native_bf16()
+        set_convs(model, bf16_grads)
+        for module in model.modules():
+            if isinstance(module, FastPointwiseBN):
+                module.bf16_grads = bf16_grads
         layout = False
         amp_dtype = torch.bfloat16 if (amp and on_cuda) else None
         kernel = (
@@ -246,6 +411,8 @@ def configure(
         lif_kernel=kernel,
         reference_layout=layout,
         lif_count=count,
+        exact=bool(exact),
+        grad_precision="bf16" if bf16_grads else "fp32",
     )
 
 

@@ -17,12 +17,14 @@ multiplication by a rounded reciprocal. Spikes are therefore bit-identical to th
 loop (``tests/test_fast.py`` checks it); gradients agree to float rounding.
 
 Supported: LIF with ``detach_reset=True`` (every reference model), hard or soft reset,
-``decay_input`` either way, Sigmoid or ATan surrogate, float32 input. Anything else falls back to
-spikingjelly's kernel.
+``decay_input`` either way, Sigmoid or ATan surrogate, float32 or bfloat16 input (the latter from
+CPU autocast: the membrane and the backward stay float32, spikes come out in bfloat16, where 0
+and 1 are exact). Anything else falls back to spikingjelly's kernel.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
 import warnings
@@ -43,10 +45,15 @@ def _lif_forward(
     decay_input: bool,
     hard_reset: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``x [T, N]``, ``v [N]`` → spikes ``[T, N]``, pre-reset potentials H ``[T, N]``, last V."""
+    """``x [T, N]``, ``v [N]`` → spikes ``[T, N]``, pre-reset potentials H ``[T, N]``, last V.
+
+    The state and H are float32 whatever ``x``'s dtype (a bfloat16 input is widened as it is
+    read); spikes take ``x``'s dtype, in which 0 and 1 are exact.
+    """
     spikes, charged = [], []
     for t in range(x.shape[0]):
-        h = v + (x[t] - (v - v_reset)) / tau if decay_input else v - (v - v_reset) / tau + x[t]
+        xt = x[t].to(v.dtype)
+        h = v + (xt - (v - v_reset)) / tau if decay_input else v - (v - v_reset) / tau + xt
         fired = h >= v_th
         v = torch.where(fired, v_reset, h) if hard_reset else torch.where(fired, h - v_th, h)
         spikes.append(fired.to(x.dtype))
@@ -64,8 +71,12 @@ def _lif_backward(
     decay_input: bool,
     hard_reset: bool,
     surrogate_id: int,
+    grad_dtype: torch.dtype,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Backward through time with the spike detached in the reset: ``dL/dX [T, N]``, ``dL/dV0``."""
+    """Backward through time with the spike detached in the reset: ``dL/dX [T, N]``, ``dL/dV0``.
+
+    Computes in float32 (``h``'s dtype); ``dL/dX`` is returned in ``grad_dtype`` (the input's).
+    """
     carry = grad_v
     grads = []
     for t in range(h.shape[0] - 1, -1, -1):
@@ -77,8 +88,8 @@ def _lif_backward(
             w = z * (math.pi / 2) * alpha
             sg = (alpha / 2) / (1 + w * w)
         from_v = carry * (h[t] < v_th) if hard_reset else carry
-        grad_h = grad_spikes[t] * sg + from_v
-        grads.append(grad_h / tau if decay_input else grad_h)
+        grad_h = grad_spikes[t].to(h.dtype) * sg + from_v
+        grads.append((grad_h / tau if decay_input else grad_h).to(grad_dtype))
         carry = grad_h - grad_h / tau
     grads.reverse()
     return torch.stack(grads), carry
@@ -104,12 +115,19 @@ def _kernels(compiled: bool) -> tuple[Callable, Callable]:
     return _KERNELS[compiled]
 
 
+def _recompile_room() -> contextlib.AbstractContextManager:
+    """Dynamo compiles one variant per T, flag set and dtype; a process that trains several
+    models (a test run, a benchmark over backbones) exceeds its default limit of 8 variants."""
+    return torch._dynamo.config.patch(recompile_limit=64)
+
+
 class _FusedLIF(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, v, params, flags, compiled):
         tau, v_th, v_reset, _alpha = params
         try:
-            spikes, h, v_last = _kernels(compiled)[0](x, v, tau, v_th, v_reset, *flags[:2])
+            with _recompile_room():
+                spikes, h, v_last = _kernels(compiled)[0](x, v, tau, v_th, v_reset, *flags[:2])
         except Exception as error:  # a broken toolchain must not stop training: run eager
             if not compiled:
                 raise
@@ -119,6 +137,7 @@ class _FusedLIF(torch.autograd.Function):
             _KERNELS[True] = _KERNELS[False]
             spikes, h, v_last = _lif_forward(x, v, tau, v_th, v_reset, *flags[:2])
         ctx.save_for_backward(h, *params)
+        ctx.grad_dtype = x.dtype
         ctx.flags = flags
         ctx.compiled = compiled
         return spikes, v_last
@@ -132,9 +151,19 @@ class _FusedLIF(torch.autograd.Function):
         if grad_v is None:
             grad_v = torch.zeros_like(h[0])
         decay_input, hard_reset, surrogate_id = ctx.flags
-        grad_x, grad_v0 = backward_kernel(
-            grad_spikes, grad_v, h, tau, v_th, alpha, decay_input, hard_reset, surrogate_id
-        )
+        with _recompile_room():
+            grad_x, grad_v0 = backward_kernel(
+                grad_spikes,
+                grad_v,
+                h,
+                tau,
+                v_th,
+                alpha,
+                decay_input,
+                hard_reset,
+                surrogate_id,
+                ctx.grad_dtype,
+            )
         return grad_x, grad_v0, None, None, None
 
 
@@ -170,7 +199,7 @@ def fused_lif_multi_step(
     vp = v.permute([p - 1 for p in perm[1:]]) if perm is not None else v
     T = xp.shape[0]
     x2 = xp.reshape(T, -1)
-    v1 = vp.reshape(-1)
+    v1 = vp.reshape(-1).float()  # the membrane stays float32 under a bfloat16 input
     if not v1.is_contiguous():
         v1 = v1.contiguous()
     scalar = {"dtype": torch.float32, "device": x_seq.device}
@@ -209,7 +238,7 @@ class FusedLIFNode(neuron.LIFNode):
     def _fusable(self, x_seq: torch.Tensor) -> bool:
         return (
             x_seq.device.type == "cpu"
-            and x_seq.dtype == torch.float32
+            and x_seq.dtype in (torch.float32, torch.bfloat16)
             and self.detach_reset
             and not self.store_v_seq
             and self._neuron_precision is None

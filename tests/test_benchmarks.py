@@ -1,0 +1,31 @@
+"""`benchmarks/throughput.py` runs end to end: both modes, isolated workers, ratios."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks import throughput
+
+
+@pytest.mark.parametrize("isolate", ["on", "off"])
+def test_throughput_reports_both_modes(isolate: str, capsys: pytest.CaptureFixture) -> None:
+    args = ["--models", "sps_tokenizer_cifar", "--downsample", "maxpool_lif", "--batch-size", "2"]
+    args += ["--T", "2", "--repeats", "2", "--warmup", "1", "--memory", "none"]
+    args += ["--device", "cpu", "--isolate", isolate, "--threads", "1"]
+    table = throughput.main(args)
+    row = table.iloc[0]
+    assert bool(row["isolated"]) is (isolate == "on")
+    for kind in ("train", "eval"):
+        assert row[f"{kind}_s_reference"] > 0 and row[f"{kind}_s_fast"] > 0
+        ratio = row[f"{kind}_s_reference"] / row[f"{kind}_s_fast"]
+        assert row[f"{kind}_x"] == pytest.approx(ratio)
+    assert row["train_gflop_per_img"] > 0
+    assert "fast path: fused-" in capsys.readouterr().out
+
+
+def test_a_failing_worker_reports_its_traceback() -> None:
+    namespace = throughput.argparse.Namespace(
+        threads=1, seed=0, T=2, batch_size=2, device="cpu", exact=False, cuda_graph="off"
+    )
+    with pytest.raises(RuntimeError, match=r"benchmark worker failed:(.|\n)*unknown model"):
+        throughput.Worker("no_such_model", "maxpool_lif", "fast", namespace)
