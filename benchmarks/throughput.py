@@ -14,7 +14,8 @@ process (`Worker`, ``--isolate``), as each code would run alone: sharing one hea
 different allocation patterns make glibc hand memory back and fault it in again at every
 switch, which costs seconds per step on a VM. After warm-up steps in each mode (which also
 build the fused LIF kernel), the parent asks for one step at a time, alternating A-B-B-A so
-that load from other processes falls on both modes alike; medians are reported with the ratio
+that load from other processes falls on both modes alike; all train steps are timed before the
+eval steps, so that each process repeats one kind of step. Medians are reported with the ratio
 fast / reference.
 
 The fast mode is `gradprobe.fast.configure`'s default: on CPU, BatchNorm over contiguous
@@ -351,14 +352,18 @@ def measure(name: str, downsample: str, args: argparse.Namespace) -> dict:
     def kinds(label: str) -> tuple[str, ...]:
         return ("train",) if label == "port" else ("train", "eval")
 
-    for label in labels:  # warm-up (allocators, the fused kernel's build, cuDNN choices)
-        for _ in range(args.warmup):
-            for kind in kinds(label):
+    # Train steps first, then eval steps, each phase with its own warm-up: alternating the two
+    # in one process would churn the heap between their allocation patterns.
+    times = {}
+    for kind in ("train", "eval"):
+        phase = [label for label in labels if kind in kinds(label)]
+        for label in phase:  # warm-up (allocators, the fused kernel's build, cuDNN choices)
+            for _ in range(args.warmup):
                 runners[label](kind)
-    times = {(label, kind): [] for label in labels for kind in kinds(label)}
-    for rep in range(args.repeats):
-        for label in labels if rep % 2 == 0 else labels[::-1]:  # A-B-C, C-B-A, ...
-            for kind in kinds(label):
+        for label in phase:
+            times[label, kind] = []
+        for rep in range(args.repeats):
+            for label in phase if rep % 2 == 0 else phase[::-1]:  # A-B-C, C-B-A, ...
                 times[label, kind].append(runners[label](kind))
     if isolate:
         for runner in runners.values():
