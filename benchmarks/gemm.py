@@ -7,6 +7,8 @@ Token matmuls (``[T·B·N, C] x [C, C']`` at B=16, T=4, N=64): MKL's sgemm (``F.
 reference mode and the official code run) against oneDNN's 1x1 convolution on the same memory
 (`gradprobe.fast._TokenLinear`'s backward), and oneDNN in bfloat16. Stem convolutions (3x3,
 forward + backward): float32 against bfloat16 operands (`gradprobe.fast._Conv`'s backward).
+Token BatchNorms: on the references' transposed view against contiguous rows
+(`gradprobe.fast.FastPointwiseBN` unless ``exact``).
 Each line prints the ratios measured side by side in this run.
 """
 
@@ -76,6 +78,28 @@ def stem_convolutions(repeats: int) -> None:
         )
 
 
+def bn_step(bn: torch.nn.BatchNorm1d, x: torch.Tensor, g: torch.Tensor) -> None:
+    """BatchNorm forward + backward in training mode."""
+    x = x.detach().requires_grad_()
+    bn(x).backward(g)
+
+
+def token_batch_norms(repeats: int) -> None:
+    print("token BatchNorm fwd+bwd, [T·B=64, N=64, C] fp32   transposed view  rows  (ms)")
+    for c in (384, 1536):
+        bn = torch.nn.BatchNorm1d(c)
+        x, g = torch.randn(64, 64, c), torch.randn(64, 64, c)
+        ms = [
+            1e3 * seconds(bn_step, (bn, x.transpose(1, 2), g.transpose(1, 2)), repeats),
+            1e3 * seconds(bn_step, (bn, x.view(-1, c), g.view(-1, c)), repeats),
+        ]
+        print(
+            f"  C={c}".ljust(50)
+            + "".join(f"{m:7.1f}   " for m in ms)
+            + f"rows {ms[0] / ms[1]:.1f}x faster"
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -88,6 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     token_matmuls(args.repeats)
     stem_convolutions(args.repeats)
+    token_batch_norms(args.repeats)
 
 
 if __name__ == "__main__":

@@ -12,14 +12,14 @@
   `FastPointwiseBN`: the forward is the same ``F.linear`` call on the same contiguous
   ``[T·B, N, C]`` tokens as reference mode, and the backward computes ``dX``, ``dW`` and ``db``
   as a 1x1 convolution backward in oneDNN: PyTorch's CPU ``mm`` is MKL's sgemm, and oneDNN's
-  1x1 convolution on the same memory (a channels-last view, no copy) is 1.3-1.6x faster on an
-  AVX-512 CPU (``benchmarks/gemm.py``);
+  1x1 convolution on the same memory (a channels-last view, no copy) is up to 1.5x faster on
+  an AVX-512 CPU (``benchmarks/gemm.py``);
 * on CPU, unless ``exact=True``: the token BatchNorms normalise the contiguous
   ``[T·B·N, C']`` rows (5-10x faster than the references' BN on a transposed view, whose
   memory order ``exact`` keeps so that statistics round the same way), and on a CPU with
   bfloat16 dot products (AVX512-BF16, AMX) the backward of every convolution and token matmul
   takes bfloat16 operands with float32 accumulation and float32 results (`_Conv`,
-  `_TokenLinear`), 2-3x faster than float32 (``benchmarks/gemm.py``). The forward stays float32: the loss matches
+  `_TokenLinear`), 1.7-2.9x faster than float32 (``benchmarks/gemm.py``). The forward stays float32: the loss matches
   reference mode's to float rounding, spikes but for rare flips of a value within rounding of
   the threshold, gradients to bfloat16 rounding (about 1 % per parameter tensor;
   ``tests/test_fast.py``). ``exact=True`` keeps the forward bit-identical to reference mode and
