@@ -339,15 +339,13 @@ def measure(name: str, downsample: str, args: argparse.Namespace) -> dict:
         assert all(runners[m].params == bench.params[m] for m in MODES)
     else:
         anchor = PortAnchor(args) if "port" in labels else None
-        runners = {
-            mode: functools.partial(
-                lambda kind, mode: (bench.train_step if kind == "train" else bench.eval_step)(mode),
-                mode=mode,
-            )
-            for mode in MODES
-        }
-        if anchor is not None:
-            runners["port"] = lambda kind: anchor.train_step()
+
+        def in_process(label: str, kind: str) -> float:
+            if label == "port":
+                return anchor.train_step()
+            return (bench.train_step if kind == "train" else bench.eval_step)(label)
+
+        runners = {label: functools.partial(in_process, label) for label in labels}
 
     def kinds(label: str) -> tuple[str, ...]:
         return ("train",) if label == "port" else ("train", "eval")
