@@ -104,7 +104,9 @@ def check_config(cfg: DictConfig) -> int:
     _choice("trainer.mode", cfg.trainer.mode, MODES)
     _choice("trainer.amp", cfg.trainer.amp, AMP)
     _choice("trainer.cuda_graph", cfg.trainer.get("cuda_graph", "auto"), CUDA_GRAPH)
-    _choice("trainer.exact", cfg.trainer.get("exact", False), (True, False))
+    exact = cfg.trainer.get("exact", False)
+    if not isinstance(exact, bool):
+        raise ConfigError(f"trainer.exact must be true or false, got {exact!r}")
     if cfg.neuron.kernel == "loop" and cfg.trainer.mode != "reference":
         # trainer.mode picks the LIF kernel of a harness run; fast mode would replace the loop
         raise ConfigError(

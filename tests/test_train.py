@@ -195,6 +195,7 @@ def test_non_finite_loss_stops_the_run(tmp_path):
         ("dataset.img_size=30", "img_size 30 is not supported"),
         ("trainer.amp=fp8", "unknown trainer.amp 'fp8'; choices: auto, bf16, fp16, fp32"),
         ("trainer.mode=turbo", "unknown trainer.mode 'turbo'; choices: fast, reference"),
+        ("trainer.exact=maybe", "trainer.exact must be true or false, got 'maybe'"),
         ("neuron.kernel=loop", "neuron.kernel=loop needs trainer.mode=reference, got 'fast'"),
     ],
 )
@@ -239,6 +240,19 @@ def test_soft_targets_smooth_and_stop_mixing():
     assert torch.allclose(soft.sum(-1), torch.ones(4)) and torch.allclose(
         soft.max(-1).values, torch.full((4,), 0.925)
     )
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_trainer_exact_picks_the_cpu_fast_path(tmp_path, monkeypatch, exact):
+    """``trainer.exact``: bf16 gradient operands (on a CPU that has bf16 dot products, forced
+    here) or the bit-identical fp32 step; ``environment.json`` says which ran."""
+    monkeypatch.setattr(fast, "cpu_has_native_bf16", lambda: True)
+    cfg = config("trainer.device=cpu", f"trainer.exact={str(exact).lower()}")
+    assert run(cfg, tmp_path) == "finished"
+    env = json.loads((tmp_path / "run" / "environment.json").read_text())
+    assert env["exact"] is exact
+    assert env["grad_precision"] == ("fp32" if exact else "bf16")
+    assert env["precision"] == "fp32"
 
 
 @pytest.mark.gpu
