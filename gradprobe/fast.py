@@ -190,12 +190,9 @@ class _Conv(torch.autograd.Function):
 class _FastConvMixin:
     """``_conv_forward`` through `_Conv` for float32 training steps on CPU."""
 
-    bf16_grads: bool = True
-
     def _conv_forward(self, input, weight, bias):
         if (
-            not self.bf16_grads
-            or input.device.type != "cpu"
+            input.device.type != "cpu"
             or input.dtype != torch.float32
             or self.padding_mode != "zeros"
             or isinstance(self.padding, str)
@@ -280,15 +277,18 @@ class FastPointwiseBN(PointwiseBN):
         return bn(y).reshape(T, B, -1, H, W)
 
 
-def set_pointwise(model: nn.Module, fast_kind: bool, exact: bool = True) -> int:
-    """Switch every `PointwiseBN` between its own class and `FastPointwiseBN` (with ``exact``)."""
+def set_pointwise(
+    model: nn.Module, fast_kind: bool, exact: bool = True, bf16_grads: bool = False
+) -> int:
+    """Switch every `PointwiseBN` between its own class and `FastPointwiseBN` (with ``exact``
+    and ``bf16_grads``)."""
     target = FastPointwiseBN if fast_kind else PointwiseBN
     count = 0
     for module in model.modules():
         if type(module) in (PointwiseBN, FastPointwiseBN):
             module.__class__ = target
             if fast_kind:
-                module.exact = exact
+                module.exact, module.bf16_grads = exact, bf16_grads
             else:
                 module.__dict__.pop("exact", None)
                 module.__dict__.pop("bf16_grads", None)
@@ -394,12 +394,9 @@ def configure(
         ) and not on_cuda
         count = set_lif_kernel(model, "fused", compiled=compiled)
         remove_reference_forwards(model)
-        set_pointwise(model, not on_cuda, exact=exact)
         bf16_grads = not (on_cuda or exact) and cpu_has_native_bf16()
+        set_pointwise(model, not on_cuda, exact=exact, bf16_grads=bf16_grads)
         set_convs(model, bf16_grads)
-        for module in model.modules():
-            if isinstance(module, FastPointwiseBN):
-                module.bf16_grads = bf16_grads
         layout = False
         amp_dtype = torch.bfloat16 if (amp and on_cuda) else None
         kernel = (
