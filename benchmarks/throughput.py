@@ -41,8 +41,9 @@ the device's dense bf16/fp16 peak (``--peak-tflops``; by default 989 TFLOP/s for
 SXM, the datasheet figure, and not reported for other devices).
 
 Peak memory of a train step: on CUDA ``torch.cuda.max_memory_allocated`` minus the memory held
-before the step (for a replayed graph, the size of the graph's private memory pool, which holds
-every tensor of its step, gradients included); on CPU, where allocator statistics do not exist, a subprocess per configuration
+before the step (for a replayed graph, the same measured while capturing its step), and beside
+it the step's reserved memory (the caching allocator's rise from an emptied cache; for a graph,
+the private pool its replays keep, fragmentation included); on CPU, where allocator statistics do not exist, a subprocess per configuration
 warms up, returns freed heap to the OS (``malloc_trim``), resets its RSS high-water mark
 (``/proc/self/clear_refs``) and reports the high-water mark of one step above the RSS before it.
 """
@@ -113,8 +114,9 @@ class Bench:
                 self.optimizers["fast"],
                 torch.nn.functional.cross_entropy,
                 self.plans["fast"],
+                measure_memory=args.memory != "none",
             )
-        self.graph_peak_mb = None
+        self.graph_pool_mb = None
         self.mode = None
 
     def _configure(self, mode: str) -> fast.StepPlan:
@@ -140,7 +142,7 @@ class Bench:
             captured = self.graph.graph is not None
             self.graph(self.images, self.labels)  # the first call (a warm-up step) captures
             if not captured:
-                self.graph_peak_mb = fast.graph_pool_mib(self.graph.graph)
+                self.graph_pool_mb = fast.graph_pool_mib(self.graph.graph)
             self._sync()
             return time.perf_counter() - start
         functional.reset_net(self.model)
@@ -181,17 +183,32 @@ class Bench:
         self.model.train()
         return time.perf_counter() - start
 
-    def cuda_peak_mb(self, mode: str) -> float:
+    def cuda_peak_mb(self, mode: str) -> tuple[float, float]:
+        """A train step's peak memory in MiB: (allocated, reserved) above what was held before.
+
+        Allocated is ``torch.cuda.max_memory_allocated``'s rise during the step; reserved is the
+        allocator's rise in reserved memory from an emptied cache (the step's footprint on the
+        device, fragmentation included). A replayed graph allocates nothing: its allocated peak
+        is the captured step's (`fast.CUDAGraphStep.peak_mib`) and its footprint the private
+        pool it keeps (`fast.graph_pool_mib`).
+        """
+        nan = float("nan")
         if mode == "fast" and self.graph is not None:
-            # a replay allocates nothing: its memory is the graph's pool, sized at capture
-            return self.graph_peak_mb if self.graph_peak_mb is not None else float("nan")
+            allocated = self.graph.peak_mib
+            reserved = self.graph_pool_mb
+            return (nan if allocated is None else allocated, nan if reserved is None else reserved)
         self.train_step(mode)
         self.optimizers[mode].zero_grad(set_to_none=True)
         torch.cuda.synchronize(self.device)
-        before = torch.cuda.memory_allocated(self.device)
+        torch.cuda.empty_cache()
+        allocated = torch.cuda.memory_allocated(self.device)
+        reserved = torch.cuda.memory_reserved(self.device)
         torch.cuda.reset_peak_memory_stats(self.device)
         self.train_step(mode)
-        return (torch.cuda.max_memory_allocated(self.device) - before) / 2**20
+        return (
+            (torch.cuda.max_memory_allocated(self.device) - allocated) / 2**20,
+            (torch.cuda.max_memory_reserved(self.device) - reserved) / 2**20,
+        )
 
 
 class PortAnchor:
@@ -387,10 +404,12 @@ def measure(name: str, downsample: str, args: argparse.Namespace) -> dict:
     if args.memory != "none":
         for mode in MODES:
             if bench.device.type == "cuda":
-                row[f"peak_mb_{mode}"] = bench.cuda_peak_mb(mode)
+                row[f"peak_mb_{mode}"], row[f"reserved_mb_{mode}"] = bench.cuda_peak_mb(mode)
             else:
                 row[f"peak_mb_{mode}"] = cpu_peak_mb(name, downsample, mode, args)
         row["mem_x"] = row["peak_mb_fast"] / row["peak_mb_reference"]
+        if "reserved_mb_fast" in row:
+            row["reserved_x"] = row["reserved_mb_fast"] / row["reserved_mb_reference"]
     if "port" in labels:
         row["ref_over_official_est"] = row["train_s_reference"] / (
             row["train_s_port"] * OFFICIAL_OVER_PORT
@@ -412,6 +431,11 @@ def _print_row(row: dict) -> None:
     )
     if "mem_x" in row:
         text += f"  peak {row['peak_mb_reference']:7.1f}/{row['peak_mb_fast']:7.1f} MiB"
+    if "reserved_x" in row:
+        text += (
+            f" (reserved {row['reserved_mb_reference']:.0f}/{row['reserved_mb_fast']:.0f} MiB,"
+            f" {row['reserved_x']:.2f}x)"
+        )
     if "mfu_pct_fast" in row:
         text += f"  MFU {row['mfu_pct_reference']:.2f}%/{row['mfu_pct_fast']:.2f}%"
     if "train_s_port" in row:
@@ -488,6 +512,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame | None:
     columns += ["train_x", "eval_ips_reference", "eval_ips_fast", "eval_x"]
     if args.memory != "none":
         columns += ["peak_mb_reference", "peak_mb_fast", "mem_x"]
+    if "reserved_x" in rows[0]:
+        columns += ["reserved_mb_reference", "reserved_mb_fast", "reserved_x"]
     columns += ["train_gflop_per_img", "train_tflops_reference", "train_tflops_fast"]
     if "mfu_pct_fast" in rows[0]:
         columns += ["mfu_pct_reference", "mfu_pct_fast"]

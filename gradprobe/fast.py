@@ -440,6 +440,10 @@ class CUDAGraphStep:
         plan: The `StepPlan` (its autocast is applied, without autocast's weight cache).
         grad_clip: Clip the global gradient norm to this (no host sync), or ``None``.
         warmup: Eager steps before capture.
+        measure_memory: Record in ``peak_mib`` the most memory the captured step allocates at
+            once (what ``torch.cuda.max_memory_allocated`` reports for an eager step; this resets
+            the device's peak-memory statistics). Its footprint, the private pool's reserved
+            size, is `graph_pool_mib`.
 
     Example:
         >>> step = CUDAGraphStep(model, optimizer, loss_fn, plan)  # doctest: +SKIP
@@ -454,13 +458,15 @@ class CUDAGraphStep:
         plan: StepPlan,
         grad_clip: float | None = None,
         warmup: int = 3,
+        measure_memory: bool = False,
     ) -> None:
         if plan.device.type != "cuda":
             raise ValueError(f"CUDA graphs need a CUDA plan, got device {plan.device}")
         if not supports_cuda_graph(optimizer):
             raise ValueError(f"{type(optimizer).__name__} has no capturable mode")
         self.model, self.optimizer, self.loss_fn, self.plan = model, optimizer, loss_fn, plan
-        self.grad_clip, self.warmup = grad_clip, warmup
+        self.grad_clip, self.warmup, self.measure_memory = grad_clip, warmup, measure_memory
+        self.peak_mib: float | None = None  # set at capture when measure_memory
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static: tuple[torch.Tensor, ...] = ()
         self._lrs: list[float] = []
@@ -524,8 +530,15 @@ class CUDAGraphStep:
             torch.cuda.current_stream(self.plan.device).wait_stream(side)
             self.optimizer.zero_grad(set_to_none=True)
             graph = torch.cuda.CUDAGraph()
+            if self.measure_memory:
+                torch.cuda.synchronize(self.plan.device)
+                before = torch.cuda.memory_allocated(self.plan.device)
+                torch.cuda.reset_peak_memory_stats(self.plan.device)
             with torch.cuda.graph(graph):
                 static_loss, static_out = self._step(static_x, static_target)
+            if self.measure_memory:
+                peak = torch.cuda.max_memory_allocated(self.plan.device)
+                self.peak_mib = (peak - before) / 2**20
         except Exception as error:
             self.failed = f"{type(error).__name__}: {error}"
             raise

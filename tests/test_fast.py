@@ -373,10 +373,13 @@ def test_cuda_graph_step_trains_as_eager_steps(amp: bool) -> None:
     opts = [torch.optim.AdamW(m.parameters(), lr=1e-3, capturable=True) for m in (eager, graphed)]
     batches = [(torch.rand(8, 3, 32, 32, device="cuda"), torch.arange(8, device="cuda") % 10)]
     batches += [(torch.rand(8, 3, 32, 32, device="cuda"), batches[0][1]) for _ in range(3)]
-    step = fast.CUDAGraphStep(graphed, opts[1], F.cross_entropy, plans[1])
+    step = fast.CUDAGraphStep(graphed, opts[1], F.cross_entropy, plans[1], measure_memory=True)
     before = {k: v.clone() for k, v in graphed.state_dict().items()}
     step.capture(*batches[0])
     assert all(torch.equal(before[k], v) for k, v in graphed.state_dict().items())
+    # the captured step allocates at least its gradients, within the pool its replays keep
+    grads_mib = sum(p.numel() * p.element_size() for p in graphed.parameters()) / 2**20
+    assert grads_mib <= step.peak_mib <= fast.graph_pool_mib(step.graph)
     for i, (x, y) in enumerate(batches):
         if i == 2:  # a scheduler's new learning rate reaches the replays
             for opt in opts:
