@@ -14,17 +14,17 @@
   as a 1x1 convolution backward in oneDNN: PyTorch's CPU ``mm`` is MKL's sgemm, and oneDNN's
   1x1 convolution on the same memory (a channels-last view, no copy) is up to 1.5x faster on
   an AVX-512 CPU (``benchmarks/gemm.py``);
-* on CPU, unless ``exact=True``: the token BatchNorms normalise the contiguous
-  ``[T·B·N, C']`` rows (5-10x faster than the references' BN on a transposed view, whose
-  memory order ``exact`` keeps so that statistics round the same way), and on a CPU with
-  bfloat16 dot products (AVX512-BF16, AMX) the backward of every convolution and token matmul
-  takes bfloat16 operands with float32 accumulation and float32 results (`_Conv`,
-  `_TokenLinear`), 1.8-3.0x faster than float32 (``benchmarks/gemm.py``). The forward stays
-  float32. Rounding differences in the BatchNorm statistics flip a spike where a value lies
-  within rounding of the threshold, and flips propagate; the tests hold the loss within 1e-3
-  relative of reference mode's, spikes to over 99 % agreement and gradients within 3 % per
-  parameter tensor (``tests/test_fast.py``). ``exact=True`` keeps the forward bit-identical to
-  reference mode and every gradient in float32 (float rounding only);
+* on CPU the token BatchNorms normalise the contiguous ``[T·B·N, C']`` rows with
+  `gradprobe.rows_bn` (4x faster than the references' BN on a transposed view, with the same
+  statistics computed the same way, so the output is the same bit for bit; it needs
+  TorchInductor, without which the transposed kernel stays);
+* on CPU, unless ``exact=True``, on a CPU with bfloat16 dot products (AVX512-BF16, AMX): the
+  backward of every convolution and token matmul takes bfloat16 operands (`_Conv`,
+  `_TokenLinear`; oneDNN accumulates in float32 and rounds the results to bfloat16, which are
+  then widened to float32), 1.8-3.0x faster than float32 (``benchmarks/gemm.py``). The forward
+  is untouched: spikes and loss stay reference mode's bit for bit, and the tests hold gradients
+  within 3 % per parameter tensor (``tests/test_fast.py``). ``exact=True`` keeps every gradient
+  in float32 and every BatchNorm on reference mode's own kernels, backward included;
 * on CUDA the returned plan autocasts to bfloat16. That changes spikes (BN outputs near the
   threshold round differently), so the bf16 path is not held to spike identity. CPU autocast
   (``trainer.amp=bf16``) works too: LIFs take bfloat16 input and keep float32 state.
@@ -53,6 +53,7 @@ import torch
 from spikingjelly.activation_based import functional, layer, neuron
 from torch import nn
 
+from gradprobe import rows_bn
 from gradprobe.fused_lif import FusedLIFNode, compiler_available
 from gradprobe.models.layers import PointwiseBN
 from gradprobe.neuron import LoopLIFNode
@@ -75,10 +76,11 @@ class StepPlan:
             ``"fused-eager"``, ``"spikingjelly-cuda"`` or ``"loop"``.
         reference_layout: Whether the references' reshapes are mirrored.
         lif_count: Number of LIF modules switched.
-        exact: Whether the forward is bit-identical to reference mode's (float32 on CPU).
+        exact: Whether every gradient is float32 and every BatchNorm runs reference mode's
+            kernels (the CPU forward is reference mode's bit for bit either way).
         grad_precision: Operand precision of the backward's convolutions and token matmuls:
-            ``"fp32"``, or ``"bf16"`` (float32 accumulation) in fast non-exact mode on a CPU with
-            native bfloat16 dot products.
+            ``"fp32"``, or ``"bf16"`` (float32 accumulation, bfloat16 results) in fast non-exact
+            mode on a CPU with native bfloat16 dot products.
     """
 
     mode: str
@@ -117,7 +119,8 @@ def _grad_result(t: torch.Tensor | None) -> torch.Tensor | None:
 
 class _TokenLinear(torch.autograd.Function):
     """``F.linear`` on contiguous tokens ``[M, N, C]``; backward as a oneDNN 1x1 conv backward,
-    in bfloat16 operands when ``bf16_grads`` (float32 accumulation, float32 results)."""
+    in bfloat16 operands when ``bf16_grads`` (float32 accumulation, bfloat16 results widened to
+    float32)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, bf16_grads=False):
@@ -152,7 +155,7 @@ class _TokenLinear(torch.autograd.Function):
 
 class _Conv(torch.autograd.Function):
     """``aten.convolution`` in float32; backward with bfloat16 operands (oneDNN, float32
-    accumulation), the bias gradient summed in float32."""
+    accumulation, bfloat16 results widened to float32), the bias gradient summed in float32."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, stride, padding, dilation, groups):
@@ -239,14 +242,17 @@ class FastPointwiseBN(PointwiseBN):
 
     Same parameters and maths as `PointwiseBN`. The Linear runs on the ``[T·B, N, C]`` token
     memory (a view of channels-last maps, no copy) with the backward of `_TokenLinear`; under CPU
-    autocast it is oneDNN's bfloat16 matmul. ``exact`` (class attribute or per instance) keeps
-    BatchNorm on the references' transposed view so that its statistics round as reference
-    mode's do (bit-identical spikes); otherwise BN runs over the contiguous ``[T·B·N, C']`` rows,
-    5-10x faster, and its output stays in token order for the next layer.
+    autocast it is oneDNN's bfloat16 matmul. The BatchNorm runs on the contiguous
+    ``[T·B·N, C']`` rows with `gradprobe.rows_bn.rows_batch_norm`, whose output is reference
+    mode's (BN on the transposed view) bit for bit, 4x faster. ``exact`` (class attribute or
+    per instance) keeps reference mode's own kernels instead, backward included; so does the
+    absence of TorchInductor (``compiled`` false). Under CPU autocast BN runs on the rows with
+    ATen's kernel (bfloat16 is not held to reference mode's bits anyway).
     """
 
     exact: bool = True
     bf16_grads: bool = False
+    compiled: bool = False
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         proj, bn = self.proj, self.bn
@@ -268,30 +274,45 @@ class FastPointwiseBN(PointwiseBN):
             y = torch.nn.functional.linear(tokens, proj.weight, proj.bias)
         else:
             y = _TokenLinear.apply(tokens, proj.weight, proj.bias, self.bf16_grads)
-        if (autocast or not self.exact) and not (bn._forward_hooks or bn._forward_pre_hooks):
-            y = nn.BatchNorm1d.forward(bn, y.view(-1, y.shape[-1]))  # [T·B·N, C'] rows
-            return y.view(T, B, H * W, -1).transpose(-1, -2).reshape(T, B, -1, H, W)
+        rows = y.view(-1, y.shape[-1])  # [T·B·N, C']
+        if not (bn._forward_hooks or bn._forward_pre_hooks):
+            if autocast:
+                y = nn.BatchNorm1d.forward(bn, rows)
+            elif not self.exact and self.compiled and bn.affine and rows_bn.available():
+                y = rows_bn.rows_batch_norm(bn, rows, samples=T * B)
+            else:
+                y = None
+            if y is not None:  # rows back to [T, B, C', H, W] (channels-last memory)
+                return y.view(T, B, H * W, -1).transpose(-1, -2).reshape(T, B, -1, H, W)
         # BN on the transposed view, as reference mode (and the official code) normalises it:
         # the same strides take the same kernel, so the statistics round the same way.
-        y = y.view(T, B, H * W, -1).transpose(-1, -2)  # [T, B, C', N] view of [T·B, N, C']
+        y = rows.view(T, B, H * W, -1).transpose(-1, -2)  # [T, B, C', N] view of [T·B, N, C']
         return bn(y).reshape(T, B, -1, H, W)
 
 
 def set_pointwise(
-    model: nn.Module, fast_kind: bool, exact: bool = True, bf16_grads: bool = False
+    model: nn.Module,
+    fast_kind: bool,
+    exact: bool = True,
+    bf16_grads: bool = False,
+    compiled: bool = False,
 ) -> int:
-    """Switch every `PointwiseBN` between its own class and `FastPointwiseBN` (with ``exact``
-    and ``bf16_grads``)."""
+    """Switch every `PointwiseBN` between its own class and `FastPointwiseBN` (with ``exact``,
+    ``bf16_grads`` and ``compiled``)."""
     target = FastPointwiseBN if fast_kind else PointwiseBN
     count = 0
     for module in model.modules():
         if type(module) in (PointwiseBN, FastPointwiseBN):
             module.__class__ = target
-            if fast_kind:
-                module.exact, module.bf16_grads = exact, bf16_grads
-            else:
-                module.__dict__.pop("exact", None)
-                module.__dict__.pop("bf16_grads", None)
+            for name, value in (
+                ("exact", exact),
+                ("bf16_grads", bf16_grads),
+                ("compiled", compiled),
+            ):
+                if fast_kind:
+                    setattr(module, name, value)
+                else:
+                    module.__dict__.pop(name, None)
             count += 1
     return count
 
@@ -356,13 +377,11 @@ def configure(
             ``"auto"`` does so when a C++ compiler is found.
         amp: On CUDA, autocast (bfloat16 in fast mode, float16 in reference mode). Ignored on
             CPU, where both modes run float32.
-        exact: Fast mode on CPU: keep the forward bit-identical to reference mode's (BatchNorm
-            statistics reduced in the references' memory order) and every gradient in float32.
-            ``False`` (the default) normalises token BatchNorms over contiguous rows and, on a
-            CPU with native bfloat16 dot products, feeds the backward's convolutions and token
-            matmuls bfloat16 operands (float32 accumulation and results): the loss stays within
-            1e-3 relative of reference mode's, spikes agree in over 99 % of places and
-            gradients within 3 % per parameter tensor (``tests/test_fast.py``).
+        exact: Fast mode on CPU: every gradient in float32 and every BatchNorm on reference
+            mode's kernels (forward and backward). ``False`` (the default) gives the backward's
+            convolutions and token matmuls bfloat16 operands on a CPU with native bfloat16 dot
+            products: the forward (spikes, loss) stays reference mode's bit for bit and
+            gradients agree within 3 % per parameter tensor (``tests/test_fast.py``).
 
     Returns:
         The `StepPlan` for the harness: wrap forward + loss in ``plan.autocast()``; use a
@@ -395,7 +414,7 @@ def configure(
         count = set_lif_kernel(model, "fused", compiled=compiled)
         remove_reference_forwards(model)
         bf16_grads = not (on_cuda or exact) and cpu_has_native_bf16()
-        set_pointwise(model, not on_cuda, exact=exact, bf16_grads=bf16_grads)
+        set_pointwise(model, not on_cuda, exact=exact, bf16_grads=bf16_grads, compiled=compiled)
         set_convs(model, bf16_grads)
         layout = False
         amp_dtype = torch.bfloat16 if (amp and on_cuda) else None
