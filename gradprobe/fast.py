@@ -109,18 +109,15 @@ class StepPlan:
         return x.to(self.device, non_blocking=True)
 
 
-def _grad_operand(t: torch.Tensor, bf16: bool) -> torch.Tensor:
-    return t.to(torch.bfloat16) if bf16 else t
-
-
 def _grad_result(t: torch.Tensor | None) -> torch.Tensor | None:
     return t.float() if t is not None else None
 
 
 class _TokenLinear(torch.autograd.Function):
-    """``F.linear`` on contiguous tokens ``[M, N, C]``; backward as a oneDNN 1x1 conv backward,
-    in bfloat16 operands when ``bf16_grads`` (float32 accumulation, bfloat16 results widened to
-    float32)."""
+    """``F.linear`` on contiguous tokens ``[M, N, C]``. Backward in float32 as a oneDNN 1x1
+    convolution backward (up to 1.5x faster than MKL's sgemm); with ``bf16_grads`` as two
+    bfloat16 matmuls (oneDNN: float32 accumulation, bfloat16 results widened to float32), which
+    beat the bfloat16 convolution by skipping its layout reorders."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, bf16_grads=False):
@@ -134,22 +131,27 @@ class _TokenLinear(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         M, N, C = x.shape
         out = weight.shape[0]
-        bf16 = ctx.bf16
+        bias_grad = ctx.has_bias and ctx.needs_input_grad[2]
+        if ctx.bf16:
+            g2 = grad_y.reshape(M * N, out).to(torch.bfloat16)
+            gx = gw = gb = None
+            if ctx.needs_input_grad[0]:
+                gx = torch.mm(g2, weight.to(torch.bfloat16)).float().view(M, N, C)
+            if ctx.needs_input_grad[1]:
+                gw = torch.mm(g2.t(), x.reshape(M * N, C).to(torch.bfloat16)).float()
+            if bias_grad:  # summed in float32
+                gb = grad_y.sum((0, 1))
+            return gx, gw, gb, None
         grad_y = grad_y.contiguous()
         # [M, N, C] memory read as a channels-last [M, C, N, 1] map: no copy.
-        x4 = _grad_operand(x, bf16).view(M, N, 1, C).permute(0, 3, 1, 2)
-        g4 = _grad_operand(grad_y, bf16).view(M, N, 1, out).permute(0, 3, 1, 2)
-        w4 = _grad_operand(weight, bf16)[:, :, None, None]
-        bias_grad = ctx.has_bias and ctx.needs_input_grad[2]
-        # float32: the bias gradient comes with the others; bfloat16: summed in float32 below
-        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias_grad and not bf16]
+        x4 = x.view(M, N, 1, C).permute(0, 3, 1, 2)
+        g4 = grad_y.view(M, N, 1, out).permute(0, 3, 1, 2)
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias_grad]
         gx, gw, gb = torch.ops.aten.convolution_backward(
-            g4, x4, w4, [out], [1, 1], [0, 0], [1, 1], False, [0, 0], 1, mask
+            g4, x4, weight[:, :, None, None], [out], [1, 1], [0, 0], [1, 1], False, [0, 0], 1, mask
         )
-        gx = _grad_result(gx.permute(0, 2, 3, 1).reshape(M, N, C)) if gx is not None else None
-        gw = _grad_result(gw.reshape(out, C)) if gw is not None else None
-        if bias_grad and bf16:
-            gb = grad_y.sum((0, 1))
+        gx = gx.permute(0, 2, 3, 1).reshape(M, N, C) if gx is not None else None
+        gw = gw.reshape(out, C) if gw is not None else None
         return gx, gw, gb, None
 
 
@@ -173,9 +175,9 @@ class _Conv(torch.autograd.Function):
         stride, padding, dilation, groups = ctx.conf
         mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False]
         gx, gw, _ = torch.ops.aten.convolution_backward(
-            _grad_operand(grad_y, True),
-            _grad_operand(x, True),
-            _grad_operand(weight, True),
+            grad_y.to(torch.bfloat16),
+            x.to(torch.bfloat16),
+            weight.to(torch.bfloat16),
             None,
             stride,
             padding,

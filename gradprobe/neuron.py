@@ -70,13 +70,21 @@ def _check_choice(what: str, value: object, choices: tuple[str, ...]) -> None:
 
 
 class LoopLIFNode(neuron.LIFNode):
-    """LIF that steps through T in Python, as the reference code does on CPU (same maths)."""
+    """LIF that steps through T in Python, as the reference code does on CPU (same maths).
+
+    Like spikingjelly 0.0.0.0.12's ``MultiStepLIFNode`` with its ``'torch'`` backend, which is
+    what the official code runs off CUDA, it concatenates each step's spikes and also each
+    step's membrane potential, kept as ``v_seq`` until ``reset_net`` clears it: the references
+    pay for that copy, and for its memory, in every step.
+    """
 
     def multi_step_forward(self, x_seq: torch.Tensor) -> torch.Tensor:
-        spikes = []
+        spikes, potentials = [], []
         for x in x_seq:
-            spikes.append(self.single_step_forward(x))
-        return torch.stack(spikes)
+            spikes.append(self.single_step_forward(x).unsqueeze(0))
+            potentials.append(self.v.unsqueeze(0))
+        self.v_seq = torch.cat(potentials, 0)
+        return torch.cat(spikes, 0)
 
 
 def make_neuron(cfg: NeuronConfig | None = None, **overrides: object) -> nn.Module:
