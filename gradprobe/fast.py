@@ -334,7 +334,7 @@ def set_lif_kernel(model: nn.Module, kernel: Literal["fused", "loop", "auto"], *
         model: Any module.
         kernel: ``"fused"`` (`FusedLIFNode`), ``"loop"`` (`LoopLIFNode`) or ``"auto"``
             (spikingjelly's ``LIFNode``).
-        **options: ``compiled=bool`` for the fused kernel.
+        **options: ``compiled=bool`` and ``bf16_margin=bool`` for the fused kernel.
 
     Returns:
         The number of neurons switched.
@@ -344,10 +344,11 @@ def set_lif_kernel(model: nn.Module, kernel: Literal["fused", "loop", "auto"], *
     for module in model.modules():
         if type(module) in _LIF_CLASSES:
             module.__class__ = target
-            if target is FusedLIFNode:
-                module.compiled = bool(options.get("compiled", False))
-            elif "compiled" in module.__dict__:
-                del module.compiled
+            for name in ("compiled", "bf16_margin"):
+                if target is FusedLIFNode:
+                    setattr(module, name, bool(options.get(name, False)))
+                else:
+                    module.__dict__.pop(name, None)
             count += 1
     return count
 
@@ -413,9 +414,9 @@ def configure(
         compiled = (
             compiler_available() if compile_kernels == "auto" else bool(compile_kernels)
         ) and not on_cuda
-        count = set_lif_kernel(model, "fused", compiled=compiled)
-        remove_reference_forwards(model)
         bf16_grads = not (on_cuda or exact) and cpu_has_native_bf16()
+        count = set_lif_kernel(model, "fused", compiled=compiled, bf16_margin=bf16_grads)
+        remove_reference_forwards(model)
         set_pointwise(model, not on_cuda, exact=exact, bf16_grads=bf16_grads, compiled=compiled)
         set_convs(model, bf16_grads)
         layout = False

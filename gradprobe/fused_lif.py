@@ -44,29 +44,32 @@ def _lif_forward(
     v_reset: torch.Tensor,
     decay_input: bool,
     hard_reset: bool,
+    save_dtype: torch.dtype,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``x [T, N]``, ``v [N]`` → spikes ``[T, N]``, pre-reset potentials H ``[T, N]``, last V.
+    """``x [T, N]``, ``v [N]`` → spikes ``[T, N]``, ``Z = H - V_th`` ``[T, N]`` (the
+    surrogate's input, in ``save_dtype``), last V.
 
     The state and H are float32 whatever ``x``'s dtype (a bfloat16 input is widened as it is
-    read); spikes take ``x``'s dtype, in which 0 and 1 are exact.
+    read); spikes take ``x``'s dtype, in which 0 and 1 are exact. ``Z`` keeps its sign in any
+    dtype (``Z < 0`` exactly when ``H < V_th``), and bfloat16 holds it precisely where the
+    surrogate gradient is large, near zero.
     """
-    spikes, charged = [], []
+    spikes, margins = [], []
     for t in range(x.shape[0]):
         xt = x[t].to(v.dtype)
         h = v + (xt - (v - v_reset)) / tau if decay_input else v - (v - v_reset) / tau + xt
         fired = h >= v_th
         v = torch.where(fired, v_reset, h) if hard_reset else torch.where(fired, h - v_th, h)
         spikes.append(fired.to(x.dtype))
-        charged.append(h)
-    return torch.stack(spikes), torch.stack(charged), v
+        margins.append((h - v_th).to(save_dtype))
+    return torch.stack(spikes), torch.stack(margins), v
 
 
 def _lif_backward(
     grad_spikes: torch.Tensor,
     grad_v: torch.Tensor,
-    h: torch.Tensor,
+    z: torch.Tensor,
     tau: torch.Tensor,
-    v_th: torch.Tensor,
     alpha: torch.Tensor,
     decay_input: bool,
     hard_reset: bool,
@@ -75,20 +78,21 @@ def _lif_backward(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Backward through time with the spike detached in the reset: ``dL/dX [T, N]``, ``dL/dV0``.
 
-    Computes in float32 (``h``'s dtype); ``dL/dX`` is returned in ``grad_dtype`` (the input's).
+    Computes in float32 from the saved ``Z = H - V_th``; ``dL/dX`` is returned in
+    ``grad_dtype`` (the input's).
     """
     carry = grad_v
     grads = []
-    for t in range(h.shape[0] - 1, -1, -1):
-        z = h[t] - v_th
+    for t in range(z.shape[0] - 1, -1, -1):
+        zt = z[t].to(torch.float32)
         if surrogate_id == 0:  # Sigmoid: alpha * s * (1 - s), s = sigmoid(alpha * z)
-            s = torch.sigmoid(alpha * z)
+            s = torch.sigmoid(alpha * zt)
             sg = (1 - s) * s * alpha
         else:  # ATan: (alpha / 2) / (1 + (pi / 2 * alpha * z)^2)
-            w = z * (math.pi / 2) * alpha
+            w = zt * (math.pi / 2) * alpha
             sg = (alpha / 2) / (1 + w * w)
-        from_v = carry * (h[t] < v_th) if hard_reset else carry
-        grad_h = grad_spikes[t].to(h.dtype) * sg + from_v
+        from_v = carry * (zt < 0) if hard_reset else carry
+        grad_h = grad_spikes[t].to(torch.float32) * sg + from_v
         grads.append((grad_h / tau if decay_input else grad_h).to(grad_dtype))
         carry = grad_h - grad_h / tau
     grads.reverse()
@@ -124,10 +128,12 @@ def _recompile_room() -> contextlib.AbstractContextManager:
 class _FusedLIF(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, v, params, flags, compiled):
-        tau, v_th, v_reset, _alpha = params
+        tau, v_th, v_reset, alpha = params
+        save_dtype = torch.bfloat16 if flags[3] else torch.float32
+        args = (x, v, tau, v_th, v_reset, *flags[:2], save_dtype)
         try:
             with _recompile_room():
-                spikes, h, v_last = _kernels(compiled)[0](x, v, tau, v_th, v_reset, *flags[:2])
+                spikes, z, v_last = _kernels(compiled)[0](*args)
         except Exception as error:  # a broken toolchain must not stop training: run eager
             if not compiled:
                 raise
@@ -135,8 +141,8 @@ class _FusedLIF(torch.autograd.Function):
                 f"fused LIF: TorchInductor build failed ({error}); using eager ops", stacklevel=2
             )
             _KERNELS[True] = _KERNELS[False]
-            spikes, h, v_last = _lif_forward(x, v, tau, v_th, v_reset, *flags[:2])
-        ctx.save_for_backward(h, *params)
+            spikes, z, v_last = _lif_forward(*args)
+        ctx.save_for_backward(z, tau, alpha)
         ctx.grad_dtype = x.dtype
         ctx.flags = flags
         ctx.compiled = compiled
@@ -145,19 +151,18 @@ class _FusedLIF(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_spikes, grad_v):
         _, backward_kernel = _kernels(ctx.compiled)
-        h, tau, v_th, _v_reset, alpha = ctx.saved_tensors
+        z, tau, alpha = ctx.saved_tensors
         if grad_spikes is None:
-            grad_spikes = torch.zeros_like(h)
+            grad_spikes = torch.zeros(z.shape, dtype=torch.float32, device=z.device)
         if grad_v is None:
-            grad_v = torch.zeros_like(h[0])
-        decay_input, hard_reset, surrogate_id = ctx.flags
+            grad_v = torch.zeros(z.shape[1:], dtype=torch.float32, device=z.device)
+        decay_input, hard_reset, surrogate_id, _ = ctx.flags
         with _recompile_room():
             grad_x, grad_v0 = backward_kernel(
                 grad_spikes,
                 grad_v,
-                h,
+                z,
                 tau,
-                v_th,
                 alpha,
                 decay_input,
                 hard_reset,
@@ -185,8 +190,13 @@ def fused_lif_multi_step(
     alpha: float,
     surrogate_id: int,
     compiled: bool,
+    bf16_margin: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Multi-step LIF ``[T, ...] → [T, ...]`` with the reset spike detached.
+
+    ``bf16_margin`` keeps the backward's input ``H - V_th`` in bfloat16 instead of float32
+    (half the saved memory and traffic; the surrogate gradient then carries bfloat16 rounding
+    of that margin). Spikes and the membrane are unaffected.
 
     The output keeps the input's memory layout (e.g. channels-last), so no copy is made for any
     dense layout with time outermost.
@@ -209,7 +219,7 @@ def fused_lif_multi_step(
         torch.tensor(0.0 if v_reset is None else float(v_reset), **scalar),
         torch.tensor(float(alpha), **scalar),
     )
-    flags = (bool(decay_input), v_reset is not None, int(surrogate_id))
+    flags = (bool(decay_input), v_reset is not None, int(surrogate_id), bool(bf16_margin))
     spikes, v_last = _FusedLIF.apply(x2, v1, params, flags, compiled)
     spikes = spikes.reshape(xp.shape)
     v_last = v_last.reshape(xp.shape[1:])
@@ -225,7 +235,8 @@ class FusedLIFNode(neuron.LIFNode):
 
     Same parameters, state and maths as ``neuron.LIFNode``; on CUDA (or for settings the fused
     kernel does not cover) it runs spikingjelly's own kernel. Set ``compiled`` (class attribute
-    or per instance) to use the TorchInductor build of the kernel.
+    or per instance) to use the TorchInductor build of the kernel, and ``bf16_margin`` to save
+    the backward's input in bfloat16 (see `fused_lif_multi_step`).
 
     Example:
         >>> lif = FusedLIFNode(tau=2.0, detach_reset=True, step_mode="m")
@@ -234,6 +245,7 @@ class FusedLIFNode(neuron.LIFNode):
     """
 
     compiled: bool = False
+    bf16_margin: bool = False
 
     def _fusable(self, x_seq: torch.Tensor) -> bool:
         return (
@@ -261,6 +273,7 @@ class FusedLIFNode(neuron.LIFNode):
             alpha=self.surrogate_function.alpha,
             surrogate_id=_SURROGATE_IDS[type(self.surrogate_function)],
             compiled=self.compiled,
+            bf16_margin=self.bf16_margin,
         )
         self._memories["v"] = v_last
         self.v_seq = None

@@ -77,14 +77,15 @@ def assert_grads_close(ref: dict, got: dict) -> None:
         torch.testing.assert_close(got[name], g, rtol=1e-3, atol=1e-5 * scale, msg=name)
 
 
+@pytest.mark.parametrize("bf16_margin", [False, True])
 @pytest.mark.parametrize("compiled", [False, True])
 @pytest.mark.parametrize("kwargs", NEURONS, ids=lambda k: ",".join(map(str, k.items())) or "ref")
-def test_fused_lif_matches_loop(kwargs: dict, compiled: bool) -> None:
+def test_fused_lif_matches_loop(kwargs: dict, compiled: bool, bf16_margin: bool) -> None:
     if compiled and not compiler_available():
         pytest.skip("no C++ compiler for TorchInductor")
     cfg = NeuronConfig(**kwargs)
     loop, fused = make_neuron(cfg.replace(kernel="loop")), make_neuron(cfg)
-    fused.__class__, fused.compiled = FusedLIFNode, compiled
+    fused.__class__, fused.compiled, fused.bf16_margin = FusedLIFNode, compiled, bf16_margin
     gen = torch.Generator().manual_seed(0)
     # many values near the threshold, so that any change of rounding would flip spikes
     x = torch.randn(4, 16, 64, 33, generator=gen) * 2 + 0.5
@@ -95,7 +96,13 @@ def test_fused_lif_matches_loop(kwargs: dict, compiled: bool) -> None:
     (s_fused * out_grad).sum().backward()
     assert torch.equal(s_loop, s_fused)
     assert torch.equal(loop.v, fused.v)
-    torch.testing.assert_close(x_fused.grad, x_loop.grad, rtol=1e-5, atol=1e-6)
+    if not bf16_margin:
+        torch.testing.assert_close(x_fused.grad, x_loop.grad, rtol=1e-5, atol=1e-6)
+        return
+    # z = H - V_th rounded to bfloat16 (relative 2**-9) moves each surrogate value by at most
+    # alpha * |z| * 2**-9 relative, and the surrogate is negligible beyond alpha * |z| = 4
+    error = (x_fused.grad - x_loop.grad).norm() / x_loop.grad.norm()
+    assert 0 < error < 4 * 2**-9
 
 
 def test_fused_lif_keeps_channels_last_layout() -> None:
