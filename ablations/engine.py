@@ -155,8 +155,9 @@ def step_plan(tcfg: DictConfig, model: nn.Module, device: torch.device) -> fast.
     `gradprobe.fast.configure` has its own precision per mode (float16 on CUDA in reference
     mode); the harness overrides it so that ``trainer.amp`` is the one switch for precision:
     ``auto`` is bf16 autocast on CUDA and float32 on CPU, ``fp16`` the official code's ``--amp``
-    (with a GradScaler). ``trainer.exact`` keeps a CPU fast-mode step bit-identical to reference
-    mode in its forward and float32 in its gradients (`gradprobe.fast.configure`).
+    (with a GradScaler). A CPU fast-mode step computes reference mode's forward bit for bit;
+    ``trainer.exact`` also keeps its gradients float32 and its BatchNorms on reference mode's
+    kernels (`gradprobe.fast.configure`).
     """
     plan = fast.configure(
         model, mode=str(tcfg.mode), device=device, exact=bool(tcfg.get("exact", False))

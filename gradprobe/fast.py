@@ -21,7 +21,8 @@
 * on CPU, unless ``exact=True``, on a CPU with bfloat16 dot products (AVX512-BF16, AMX): the
   backward of every convolution and token matmul takes bfloat16 operands (`_Conv`,
   `_TokenLinear`; oneDNN accumulates in float32 and rounds the results to bfloat16, which are
-  then widened to float32), 1.8-3.0x faster than float32 (``benchmarks/gemm.py``). The forward
+  then widened to float32), 1.8-3.0x faster than float32 (``benchmarks/gemm.py``), and the
+  LIFs save their surrogate input ``H - V_th`` in bfloat16 (half the saved state). The forward
   is untouched: spikes and loss stay reference mode's bit for bit, and the tests hold gradients
   within 3 % per parameter tensor (``tests/test_fast.py``). ``exact=True`` keeps every gradient
   in float32 and every BatchNorm on reference mode's own kernels, backward included;
@@ -78,9 +79,9 @@ class StepPlan:
         lif_count: Number of LIF modules switched.
         exact: Whether every gradient is float32 and every BatchNorm runs reference mode's
             kernels (the CPU forward is reference mode's bit for bit either way).
-        grad_precision: Operand precision of the backward's convolutions and token matmuls:
-            ``"fp32"``, or ``"bf16"`` (float32 accumulation, bfloat16 results) in fast non-exact
-            mode on a CPU with native bfloat16 dot products.
+        grad_precision: Precision of the backward's convolution and token-matmul operands and of
+            the LIFs' saved surrogate input: ``"fp32"``, or ``"bf16"`` (float32 accumulation,
+            bfloat16 results) in fast non-exact mode on a CPU with native bfloat16 dot products.
     """
 
     mode: str
