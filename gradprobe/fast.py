@@ -10,10 +10,10 @@
   ``Q·(Kᵀ·V)``);
 * on CPU the token Linears (``PointwiseBN`` of kind ``"linear"``, Spikformer CIFAR) become
   `FastPointwiseBN`: the forward is the same ``F.linear`` call on the same contiguous
-  ``[T·B, N, C]`` tokens as reference mode, and the backward computes ``dX``, ``dW`` and ``db``
-  as a 1x1 convolution backward in oneDNN: PyTorch's CPU ``mm`` is MKL's sgemm, and oneDNN's
-  1x1 convolution on the same memory (a channels-last view, no copy) is up to 1.5x faster on
-  an AVX-512 CPU (``benchmarks/gemm.py``);
+  ``[T·B, N, C]`` tokens as reference mode, and a float32 backward computes ``dX``, ``dW`` and
+  ``db`` as a 1x1 convolution backward in oneDNN: PyTorch's CPU ``mm`` is MKL's sgemm, and
+  oneDNN's 1x1 convolution on the same memory (a channels-last view, no copy) is up to 1.5x
+  faster on an AVX-512 CPU (``benchmarks/gemm.py``);
 * on CPU the token BatchNorms normalise the contiguous ``[T·B·N, C']`` rows with
   `gradprobe.rows_bn` (4x faster than the references' BN on a transposed view, with the same
   statistics computed the same way, so the output is the same bit for bit; it needs
