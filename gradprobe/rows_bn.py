@@ -8,7 +8,8 @@ squared deviations serially in float64, and normalises elementwise as
 BatchNorm on the contiguous rows, whose own kernel rounds the statistics differently (and so
 flips the odd spike near threshold). `rows_batch_norm` computes the same statistics the same
 way: the mean with the same ``at::mean`` call on the same view, the float64 sum of squares as
-one serial pass over the rows (a TorchInductor kernel, vectorised across channels), the
+one serial pass over the rows (a single-threaded TorchInductor kernel, vectorised across
+channels), the
 normalisation as the same float32 operations in one pass. Its output, saved statistics and
 running statistics are therefore the transposed kernel's bit for bit (``tests/test_rows_bn.py``
 checks all three, in training and eval). The backward is ATen's BatchNorm backward on the rows,
@@ -50,8 +51,11 @@ def available() -> bool:
 
 def _run(name: str, *args: torch.Tensor) -> torch.Tensor:
     if name not in _KERNELS:
-        # static shapes: one kernel per (rows, channels), whose loops stay exactly serial
-        _KERNELS[name] = torch.compile(_EAGER[name], dynamic=False, fullgraph=True)
+        # Static shapes, one kernel per (rows, channels). The sum of squares must run in row
+        # order like ATen's: with several threads and few channels TorchInductor would split it
+        # across threads, so that kernel is built single-threaded (it is bound by memory).
+        options = {"cpp.threads": 1} if name == "var_sum" else {}
+        _KERNELS[name] = torch.compile(_EAGER[name], dynamic=False, fullgraph=True, options=options)
     try:
         with _recompile_room():
             return _KERNELS[name](*args)

@@ -122,3 +122,20 @@ def count_rows_bn_calls(monkeypatch: pytest.MonkeyPatch) -> int:
 def test_fast_mode_normalises_spikformer_tokens_over_rows(monkeypatch: pytest.MonkeyPatch) -> None:
     # q, k, v, proj and the two MLP layers of the one block
     assert count_rows_bn_calls(monkeypatch) == 6
+
+
+@pytest.mark.parametrize("threads", [1, 4])
+def test_sum_of_squares_runs_in_row_order(threads: int) -> None:
+    """ATen sums each channel's squared deviations serially; so must the compiled kernel, also
+    with more threads than a few channels can keep busy."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for rows, channels in ((1024, 48), (4096, 384)):
+            x = torch.randn(rows, channels, generator=torch.Generator().manual_seed(rows)) * 3 + 1
+            mean = x.mean(0)
+            deviation = x.double() - mean.double()
+            serial = torch.cumsum(deviation * deviation, 0)[-1]  # a running sum: row order
+            assert torch.equal(rows_bn._run("var_sum", x, mean), serial)
+    finally:
+        torch.set_num_threads(before)
