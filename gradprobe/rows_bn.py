@@ -9,11 +9,11 @@ BatchNorm on the contiguous rows, whose own kernel rounds the statistics differe
 flips the odd spike near threshold). `rows_batch_norm` computes the same statistics the same
 way: the mean with the same ``at::mean`` call on the same view, the float64 sum of squares as
 one serial pass over the rows (a single-threaded TorchInductor kernel, vectorised across
-channels), the
-normalisation as the same float32 operations in one pass. Its output, saved statistics and
-running statistics are therefore the transposed kernel's bit for bit (``tests/test_rows_bn.py``
-checks all three, in training and eval). The backward is ATen's BatchNorm backward on the rows,
-which agrees with the transposed one to float32 rounding.
+channels), the normalisation as the same float32 operations in one pass. Its output, saved
+statistics and running statistics are therefore the transposed kernel's bit for bit
+(``tests/test_rows_bn.py`` checks all three, in training and eval). The backward is ATen's
+BatchNorm backward on the rows, which sums in float32 where the transposed one sums in float64
+(within float32's bound for those sums).
 
 It needs TorchInductor (a C++ compiler): without one, `available` is false and callers keep
 the transposed kernel.
