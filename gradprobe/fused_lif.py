@@ -28,7 +28,7 @@ import contextlib
 import math
 import shutil
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from spikingjelly.activation_based import neuron, surrogate
@@ -119,10 +119,18 @@ def _kernels(compiled: bool) -> tuple[Callable, Callable]:
     return _KERNELS[compiled]
 
 
-def _recompile_room() -> contextlib.AbstractContextManager:
+@contextlib.contextmanager
+def _recompile_room() -> Iterator[None]:
     """Dynamo compiles one variant per T, flag set and dtype; a process that trains several
-    models (a test run, a benchmark over backbones) exceeds its default limit of 8 variants."""
-    return torch._dynamo.config.patch(recompile_limit=64)
+    models (a test run, a benchmark over backbones) exceeds its default limit of 8 variants.
+    A higher limit set by the user is kept."""
+    config = torch._dynamo.config
+    before = config.recompile_limit
+    config.recompile_limit = max(before, 64)
+    try:
+        yield
+    finally:
+        config.recompile_limit = before
 
 
 class _FusedLIF(torch.autograd.Function):
