@@ -14,6 +14,8 @@
   ``db`` as a 1x1 convolution backward in oneDNN: PyTorch's CPU ``mm`` is MKL's sgemm, and
   oneDNN's 1x1 convolution on the same memory (a channels-last view, no copy) is up to 1.5x
   faster on an AVX-512 CPU (``benchmarks/gemm.py``);
+* on CPU, unless ``exact=True``, Spikformer's residual stream is held in token memory order
+  (``SpikingTransformer.token_stream``), so that the token Linears read it without a copy;
 * on CPU the token BatchNorms normalise the contiguous ``[T·B·N, C']`` rows with
   `gradprobe.rows_bn` (4x faster than the references' BN on a transposed view, with the same
   statistics computed the same way, so the output is the same bit for bit; it needs
@@ -56,7 +58,7 @@ from torch import nn
 
 from gradprobe import rows_bn
 from gradprobe.fused_lif import FusedLIFNode, compiler_available
-from gradprobe.models.layers import PointwiseBN
+from gradprobe.models.layers import PointwiseBN, SpikingTransformer
 from gradprobe.neuron import LoopLIFNode
 from gradprobe.reference_mode import install_reference_forwards, remove_reference_forwards
 
@@ -320,6 +322,19 @@ def set_pointwise(
     return count
 
 
+def set_token_stream(model: nn.Module, on: bool) -> int:
+    """Hold the residual stream of every `SpikingTransformer` in token memory order
+    (``token_stream``) where ``on`` and every pointwise layer of its blocks is a token Linear,
+    so that those Linears read it without a copy; off elsewhere. Returns how many are on."""
+    count = 0
+    for module in model.modules():
+        if isinstance(module, SpikingTransformer):
+            kinds = {m.kind for m in module.blocks.modules() if isinstance(m, PointwiseBN)}
+            module.token_stream = on and kinds == {"linear"}
+            count += module.token_stream
+    return count
+
+
 def default_device() -> torch.device:
     """CUDA when present, else CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -407,6 +422,7 @@ def configure(
         count = set_lif_kernel(model, "loop")
         set_pointwise(model, False)
         set_convs(model, False)
+        set_token_stream(model, False)
         layout = install_reference_forwards(model)
         amp_dtype = torch.float16 if (amp and on_cuda) else None
         kernel = "loop"
@@ -419,6 +435,7 @@ def configure(
         count = set_lif_kernel(model, "fused", compiled=compiled, bf16_margin=bf16_grads)
         remove_reference_forwards(model)
         set_pointwise(model, not on_cuda, exact=exact, bf16_grads=bf16_grads, compiled=compiled)
+        set_token_stream(model, not (on_cuda or exact))
         set_convs(model, bf16_grads)
         layout = False
         amp_dtype = torch.bfloat16 if (amp and on_cuda) else None

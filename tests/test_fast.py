@@ -15,6 +15,7 @@ from gradprobe import fast
 from gradprobe.downsample import list_downsamples
 from gradprobe.fused_lif import FusedLIFNode, compiler_available
 from gradprobe.models import create_model, list_models
+from gradprobe.models.layers import SpikingTransformer
 from gradprobe.neuron import LoopLIFNode, NeuronConfig, is_spiking_neuron, make_neuron
 from gradprobe.probe import attach_probe
 
@@ -451,3 +452,19 @@ def test_cuda_graph_step_refuses_what_it_cannot_capture() -> None:
         fast.CUDAGraphStep(model, adam, F.cross_entropy, plan)
     assert fast.supports_cuda_graph(adam)
     assert not fast.supports_cuda_graph(torch.optim.SGD(model.parameters(), lr=0.1))
+
+
+@pytest.mark.parametrize("name", CIFAR_MODELS)
+def test_token_stream_only_where_every_pointwise_layer_is_a_token_linear(name: str) -> None:
+    """Spikformer CIFAR's residual stream is held in token order in default fast mode on CPU
+    (its pointwise layers are Linears), never in reference or exact mode, never for Conv1d
+    pointwise layers (Spikingformer)."""
+    model = tiny(name, "lif_maxpool")
+    transformers = [m for m in model.modules() if isinstance(m, SpikingTransformer)]
+    fast.configure(model, "fast", device="cpu", compile_kernels=False)
+    expected = name.startswith("spikformer")
+    assert [m.token_stream for m in transformers] == [expected] * len(transformers)
+    fast.configure(model, "fast", device="cpu", compile_kernels=False, exact=True)
+    assert not any(m.token_stream for m in transformers)
+    fast.configure(model, "reference", device="cpu")
+    assert not any(m.token_stream for m in transformers)

@@ -296,6 +296,10 @@ class SpikingTransformer(SpikingClassifier):
     stem: nn.Module
     blocks: nn.Sequential
     head: nn.Linear
+    #: Hold the residual stream between stem and head in token memory order ([T, B, H, W, C],
+    #: channels last), so that token Linears read it without a copy. Same values; set by
+    #: `gradprobe.fast.configure` on CPU where every pointwise layer is a token Linear.
+    token_stream: bool = False
     #: Parameters created for parameter-count parity but never used in forward: name suffixes
     #: (the per-block LayerNorms) and full names (e.g. Spikformer DVS's ``pos_embed``).
     legacy_parameter_suffixes: tuple[str, ...] = (
@@ -338,8 +342,12 @@ class SpikingTransformer(SpikingClassifier):
                 f"{type(self).__name__} halves the input {self.n_sites} times; its height and "
                 f"width must be multiples of {factor}, got {tuple(x_seq.shape[-2:])}"
             )
-        x_seq = self.blocks(self.stem(x_seq))
-        return self.head(x_seq.flatten(3).mean(3))
+        x_seq = self.stem(x_seq)
+        if self.token_stream:
+            x_seq = x_seq.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+        x_seq = self.blocks(x_seq)
+        # the mean over tokens reduces contiguous memory, in the references' order
+        return self.head(x_seq.contiguous().flatten(3).mean(3))
 
     def unused_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
         """Parameters the reference creates but never uses (see the class docstrings)."""
