@@ -361,6 +361,7 @@ def _image_folder(cfg: DictConfig, *, device, seed, num_workers=0, **_) -> Tenso
         re_mode="const",
         re_count=1,
     )
+    keep_posterize_zero_bits(train_tf)
     test_tf = create_transform(
         size,
         is_training=False,
@@ -372,6 +373,29 @@ def _image_folder(cfg: DictConfig, *, device, seed, num_workers=0, **_) -> Tenso
     train_set = _limit(ImageFolder(str(train_dir), transform=train_tf), cfg.get("limit_train"))
     test_set = _limit(ImageFolder(str(test_dir), transform=test_tf), cfg.get("limit_test"))
     return LoaderData(train_set, test_set, num_workers, seed, device)
+
+
+def _posterize(img, bits_to_keep, **kwargs):
+    """timm's posterize, where keeping 0 bits gives a black image as Pillow < 11 did (newer
+    Pillow raises for 0 bits, which RandAugment's ``inc1`` ops reach near magnitude 10)."""
+    from PIL import Image
+    from timm.data.auto_augment import posterize
+
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)
+    return posterize(img, bits_to_keep, **kwargs)
+
+
+def keep_posterize_zero_bits(transform) -> int:
+    """Give every posterize op of timm's RandAugment in ``transform`` (a torchvision
+    ``Compose``) `_posterize`; returns how many ops were changed."""
+    count = 0
+    for step in getattr(transform, "transforms", ()):
+        for op in getattr(step, "ops", ()):
+            if op.name.startswith("Posterize"):
+                op.aug_fn = _posterize
+                count += 1
+    return count
 
 
 # --- event cameras through spikingjelly -------------------------------------------------------

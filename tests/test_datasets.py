@@ -132,6 +132,29 @@ def test_image_folder_streaming_with_timm_transforms(tmp_path):
     assert x.shape == (6, 3, 16, 16)
 
 
+def test_randaugment_posterize_to_zero_bits_gives_black_images() -> None:
+    """RandAugment's ``PosterizeIncreasing`` keeps 0 bits at magnitude 10; Pillow >= 11 raises
+    there, which would stop a training run mid-epoch. It gives a black image, as it used to."""
+    from PIL import Image, ImageOps
+    from timm.data import create_transform
+
+    from ablations.datasets import keep_posterize_zero_bits
+
+    transform = create_transform(16, is_training=True, auto_augment="rand-m9-n1-mstd0.4-inc1")
+    assert keep_posterize_zero_bits(transform) == 1
+    (op,) = [
+        op
+        for step in transform.transforms
+        for op in getattr(step, "ops", ())
+        if "Poster" in op.name
+    ]
+    op.prob, op.magnitude, op.magnitude_std = 1.0, 10, 0  # 4 - 4 = 0 bits kept
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8))
+    assert np.asarray(op(img)).max() == 0
+    op.magnitude = 5  # 4 - 2 = 2 bits kept: Pillow's own posterize
+    assert np.array_equal(np.asarray(op(img)), np.asarray(ImageOps.posterize(img, 2)))
+
+
 def test_missing_image_folder_says_where(tmp_path):
     write_image_folder(tmp_path, splits=("train",))
     with pytest.raises(DataNotFoundError, match=r"test/<class>/<image>"):
