@@ -490,7 +490,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame | None:
     parser.add_argument(
         "--exact",
         action="store_true",
-        help="fast mode with a forward bit-identical to reference mode and fp32 gradients",
+        help="fast mode with fp32 gradients and reference BatchNorm kernels (trainer.exact)",
     )
     parser.add_argument(
         "--isolate",
