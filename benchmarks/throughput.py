@@ -6,7 +6,7 @@ Usage (from the repository root):
     python -m benchmarks.throughput --device cpu --memory none  # skip the memory subprocesses
     python -m benchmarks.throughput --device cuda --batch-size 64 --cuda-graph off
     python -m benchmarks.throughput --models spikformer_4_384_cifar --anchor   # + the port
-    python -m benchmarks.throughput --exact   # fast mode bit-identical to reference's forward
+    python -m benchmarks.throughput --exact   # fast mode with fp32 gradients (trainer.exact)
 
 Both modes (`gradprobe.fast.configure`) run the same model (same seed, same weights; the
 parameter count is asserted equal) on the same batch. On CPU each mode runs in its own worker
