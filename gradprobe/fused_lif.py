@@ -120,7 +120,7 @@ def _kernels(compiled: bool) -> tuple[Callable, Callable]:
 
 
 @contextlib.contextmanager
-def _recompile_room() -> Iterator[None]:
+def recompile_room() -> Iterator[None]:
     """Dynamo compiles one variant per T, flag set and dtype; a process that trains several
     models (a test run, a benchmark over backbones) exceeds its default limit of 8 variants.
     A higher limit set by the user is kept."""
@@ -140,7 +140,7 @@ class _FusedLIF(torch.autograd.Function):
         save_dtype = torch.bfloat16 if flags[3] else torch.float32
         args = (x, v, tau, v_th, v_reset, *flags[:2], save_dtype)
         try:
-            with _recompile_room():
+            with recompile_room():
                 spikes, z, v_last = _kernels(compiled)[0](*args)
         except Exception as error:  # a broken toolchain must not stop training: run eager
             if not compiled:
@@ -165,7 +165,7 @@ class _FusedLIF(torch.autograd.Function):
         if grad_v is None:
             grad_v = torch.zeros(z.shape[1:], dtype=torch.float32, device=z.device)
         decay_input, hard_reset, surrogate_id, _ = ctx.flags
-        with _recompile_room():
+        with recompile_room():
             grad_x, grad_v0 = backward_kernel(
                 grad_spikes,
                 grad_v,

@@ -26,7 +26,7 @@ import warnings
 import torch
 from torch import nn
 
-from gradprobe.fused_lif import _recompile_room, compiler_available
+from gradprobe.fused_lif import compiler_available, recompile_room
 
 
 def _var_sum(rows: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
@@ -57,7 +57,7 @@ def _run(name: str, *args: torch.Tensor) -> torch.Tensor:
         options = {"cpp.threads": 1} if name == "var_sum" else {}
         _KERNELS[name] = torch.compile(_EAGER[name], dynamic=False, fullgraph=True, options=options)
     try:
-        with _recompile_room():
+        with recompile_room():
             return _KERNELS[name](*args)
     except Exception as error:  # a broken toolchain must not stop training
         _BROKEN.append(f"{type(error).__name__}: {error}")
