@@ -303,7 +303,7 @@ def fit(cfg: DictConfig, record: RunRecord, device: torch.device, dist: Dist, T:
         device,
     )
     log.info(
-        "%s: trainer.mode=%s, LIF kernel %s (%d neurons), %s, %s gradient operands%s",
+        "%s: trainer.mode=%s, LIF kernel %s (%d neurons), %s, %s gradient operands%s%s",
         record.run_id,
         plan.mode,
         plan.lif_kernel,
@@ -311,6 +311,7 @@ def fit(cfg: DictConfig, record: RunRecord, device: torch.device, dist: Dist, T:
         step["precision"],
         plan.grad_precision,
         ", exact" if plan.exact else "",
+        ", freed CPU memory retained" if plan.retained_memory else "",
     )
     writer = None
     if cfg.logger.tensorboard and dist.is_main:

@@ -22,8 +22,10 @@ The fast mode is `gradprobe.fast.configure`'s default. On CPU its forward is ref
 bit for bit (fused LIF kernel, the same matmul and convolution calls, token BatchNorm over
 contiguous rows with reference mode's statistics); where the CPU has bfloat16 dot products the
 backward's convolutions and token matmuls take bfloat16 operands and the LIFs save their
-surrogate input in bfloat16. ``--exact`` times the fast mode that keeps every gradient in
-float32 and every BatchNorm on reference mode's kernels.
+surrogate input in bfloat16; the fast worker's glibc keeps freed memory for reuse
+(`gradprobe.allocator`, as the harness does in fast mode), while the reference worker runs under
+glibc's defaults, as the official code does. ``--exact`` times the fast mode that keeps every
+gradient in float32 and every BatchNorm on reference mode's kernels.
 
 ``--anchor`` also times spikingjelly 2.0's own Spikformer CIFAR-10 model (`PortAnchor`) in the
 same interleaved loop, as a yardstick for reference mode against the official code.
@@ -72,7 +74,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-from gradprobe import fast
+from gradprobe import allocator, fast
 from gradprobe.downsample import list_downsamples
 from gradprobe.models import create_model, list_models
 
@@ -93,8 +95,14 @@ def peak_tflops(device: torch.device, override: float | None) -> float | None:
 class Bench:
     """One model, one batch, and a train/eval step in a given mode."""
 
-    def __init__(self, name: str, downsample: str, args: argparse.Namespace) -> None:
+    def __init__(
+        self, name: str, downsample: str, args: argparse.Namespace, serving: str | None = None
+    ) -> None:
+        """``serving``: the one mode this process times (a worker), or ``None`` (both)."""
         torch.manual_seed(args.seed)
+        # glibc keeps freed memory only where the fast mode runs (`gradprobe.allocator`): a
+        # process that serves reference mode keeps glibc's defaults, as the official code does
+        self.retain_memory = serving in (None, "fast")
         self.model = create_model(name, downsample=downsample, T=args.T, num_classes=10)
         self.device = torch.device(args.device)
         self.images = torch.rand(args.batch_size, 3, 32, 32, device=self.device)
@@ -122,7 +130,9 @@ class Bench:
         self.mode = None
 
     def _configure(self, mode: str) -> fast.StepPlan:
-        return fast.configure(self.model, mode, device=self.device, exact=self.exact)
+        return fast.configure(
+            self.model, mode, device=self.device, exact=self.exact, retain_memory=self.retain_memory
+        )
 
     def use(self, mode: str) -> fast.StepPlan:
         if mode != self.mode:
@@ -256,7 +266,7 @@ def _rss_kb(field: str) -> int:
 
 def child_memory(name: str, downsample: str, mode: str, args: argparse.Namespace) -> dict:
     """In a fresh process: warm up, then the RSS high-water mark of one train step, in MiB."""
-    bench = Bench(name, downsample, args)
+    bench = Bench(name, downsample, args, serving=mode)
     for _ in range(2):
         bench.train_step(mode)
     bench.optimizers[mode].zero_grad(set_to_none=True)
@@ -306,7 +316,7 @@ def _serve(conn, name: str, downsample: str, label: str, args: argparse.Namespac
             anchor = PortAnchor(args)
             steps, params = {"train": anchor.train_step}, anchor.params
         else:
-            bench = Bench(name, downsample, args)
+            bench = Bench(name, downsample, args, serving=label)
             bench.use(label)
             steps = {
                 "train": functools.partial(bench.train_step, label),
@@ -348,11 +358,13 @@ class Worker:
 
 
 def measure(name: str, downsample: str, args: argparse.Namespace) -> dict:
-    bench = Bench(name, downsample, args)
     labels = list(MODES)
     if args.anchor and name == "spikformer_4_384_cifar":
         labels.append("port")
-    isolate = args.isolate == "on" or (args.isolate == "auto" and bench.device.type == "cpu")
+    device = torch.device(args.device)
+    isolate = args.isolate == "on" or (args.isolate == "auto" and device.type == "cpu")
+    # with workers, this process only counts parameters and FLOPs: keep glibc's defaults here
+    bench = Bench(name, downsample, args, serving="reference" if isolate else None)
     if isolate:
         runners = {label: Worker(name, downsample, label, args) for label in labels}
         assert all(runners[m].params == bench.params[m] for m in MODES)
@@ -428,6 +440,7 @@ def measure(name: str, downsample: str, args: argparse.Namespace) -> dict:
     row["step_fast"] = "CUDA graph" if bench.graph is not None else "eager"
     row["grad_precision_fast"] = plan.grad_precision
     row["exact_fast"] = plan.exact
+    row["retained_memory_fast"] = device.type == "cpu" and allocator.available()
     if bench.device.type != "cpu":
         row["token_bn_fast"] = "model's own"
     elif plan.exact or plan.lif_kernel != "fused-inductor":
@@ -541,7 +554,9 @@ def main(argv: list[str] | None = None) -> pd.DataFrame | None:
     print(
         f"\nfast path: {first['kernel_fast']} LIF kernel, {first['grad_precision_fast']} gradient "
         f"operands, {first['token_bn_fast']} token BatchNorm, "
-        f"{first['step_fast']} train step; load average at end {os.getloadavg()}"
+        f"{first['step_fast']} train step"
+        + (", freed memory retained (glibc)" if first["retained_memory_fast"] else "")
+        + f"; load average at end {os.getloadavg()}"
     )
     print(table[columns].round(2).to_string(index=False))
     if args.csv:

@@ -28,6 +28,9 @@
   is untouched: spikes and loss stay reference mode's bit for bit, and the tests hold gradients
   within 3 % per parameter tensor (``tests/test_fast.py``). ``exact=True`` keeps every gradient
   in float32 and every BatchNorm on reference mode's own kernels, backward included;
+* on CPU (``retain_memory="auto"``), glibc keeps freed memory for reuse instead of unmapping
+  it (`gradprobe.allocator`): the next step's large tensors then take no page faults. This is
+  process-wide and stays for the life of the process; reference mode never sets it;
 * on CUDA the returned plan autocasts to bfloat16. That changes spikes (BN outputs near the
   threshold round differently), so the bf16 path is not held to spike identity. CPU autocast
   (``trainer.amp=bf16``) works too: LIFs take bfloat16 input and keep float32 state.
@@ -56,7 +59,7 @@ import torch
 from spikingjelly.activation_based import functional, layer, neuron
 from torch import nn
 
-from gradprobe import rows_bn
+from gradprobe import allocator, rows_bn
 from gradprobe.fused_lif import FusedLIFNode, compiler_available
 from gradprobe.models.layers import PointwiseBN, SpikingTransformer
 from gradprobe.neuron import LoopLIFNode
@@ -84,6 +87,8 @@ class StepPlan:
         grad_precision: Precision of the backward's convolution and token-matmul operands and of
             the LIFs' saved surrogate input: ``"fp32"``, or ``"bf16"`` (float32 accumulation,
             bfloat16 results) in fast non-exact mode on a CPU with native bfloat16 dot products.
+        retained_memory: Whether glibc keeps freed memory in the process
+            (`gradprobe.allocator.retain_freed_memory`), set by fast mode on CPU.
     """
 
     mode: str
@@ -94,6 +99,7 @@ class StepPlan:
     lif_count: int
     exact: bool = True
     grad_precision: str = "fp32"
+    retained_memory: bool = False
 
     def autocast(self, cache: bool = True) -> contextlib.AbstractContextManager:
         """Context for forward + loss (a no-op in float32); ``cache=False`` while capturing a
@@ -384,6 +390,7 @@ def configure(
     compile_kernels: bool | Literal["auto"] = "auto",
     amp: bool = True,
     exact: bool = False,
+    retain_memory: bool | Literal["auto"] = "auto",
 ) -> StepPlan:
     """Put ``model`` on ``device`` in fast or reference mode and say how to step it.
 
@@ -401,6 +408,10 @@ def configure(
             convolutions and token matmuls bfloat16 operands on a CPU with native bfloat16 dot
             products: the forward (spikes, loss) stays reference mode's bit for bit and
             gradients agree within 3 % per parameter tensor (``tests/test_fast.py``).
+        retain_memory: Fast mode on CPU: make glibc keep freed memory for reuse
+            (`gradprobe.allocator.retain_freed_memory`; process-wide, cannot be undone).
+            ``"auto"`` and ``True`` do so in fast mode on CPU; ``False`` leaves the allocator
+            alone. Reference mode never changes it.
 
     Returns:
         The `StepPlan` for the harness: wrap forward + loss in ``plan.autocast()``; use a
@@ -414,6 +425,8 @@ def configure(
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choices: {', '.join(MODES)}")
+    if retain_memory not in (True, False, "auto"):
+        raise ValueError(f"unknown retain_memory {retain_memory!r}; choices: auto, True, False")
     device = torch.device(device) if device is not None else default_device()
     model.to(device)
     on_cuda = device.type == "cuda"
@@ -442,6 +455,8 @@ def configure(
         kernel = (
             "spikingjelly-cuda" if on_cuda else ("fused-inductor" if compiled else "fused-eager")
         )
+        if retain_memory and device.type == "cpu":
+            allocator.retain_freed_memory()
     return StepPlan(
         mode=mode,
         device=device,
@@ -451,6 +466,7 @@ def configure(
         lif_count=count,
         exact=bool(exact),
         grad_precision="bf16" if bf16_grads else "fp32",
+        retained_memory=allocator.is_retained(),
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from benchmarks import throughput
+from gradprobe import allocator
 
 
 @pytest.mark.parametrize("isolate", ["on", "off"])
@@ -29,3 +30,15 @@ def test_a_failing_worker_reports_its_traceback() -> None:
     )
     with pytest.raises(RuntimeError, match=r"benchmark worker failed:(.|\n)*unknown model"):
         throughput.Worker("no_such_model", "maxpool_lif", "fast", namespace)
+
+
+@pytest.mark.skipif(not allocator.available(), reason="needs glibc")
+def test_allocator_benchmark_pairs_both_settings(capsys: pytest.CaptureFixture) -> None:
+    from benchmarks import allocator as allocator_benchmark
+
+    args = ["--models", "sps_tokenizer_cifar", "--downsample", "maxpool_lif", "--batch-size", "2"]
+    args += ["--T", "2", "--blocks", "2", "--steps", "1", "--warmup", "1", "--threads", "1"]
+    (row,) = allocator_benchmark.main(args)
+    assert row["s_unmapped"] > 0 and row["s_retained"] > 0
+    assert row["x_paired_min"] <= row["x_paired_median"] <= row["x_paired_max"]
+    assert "page faults per step" in capsys.readouterr().out

@@ -1,0 +1,105 @@
+"""`gradprobe.allocator`: glibc keeps freed memory, so large tensors stop faulting their pages in.
+
+The setting is process-wide and cannot be undone, so every check runs in a fresh interpreter.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gradprobe import allocator
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.skipif(not allocator.available(), reason="needs glibc")
+
+
+def _python(code: str) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+FAULTS = """
+import json, resource, torch
+from gradprobe import allocator
+
+def step():  # tensors of 64, 32 and 16 MiB, above glibc's largest mmap threshold of 32 MiB
+    a, b = torch.ones(16 * 2**20), torch.ones(8 * 2**20)
+    return float((a[: 8 * 2**20] + b)[0] + torch.ones(4 * 2**20)[0])
+
+def faults_per_step():  # once the heap has settled: the last of six steps
+    for _ in range(6):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        step()
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    return faults
+
+default = faults_per_step()
+retained = allocator.retain_freed_memory()
+print(json.dumps({"default": default, "retained": retained, "after": faults_per_step()}))
+"""
+
+
+def test_retained_memory_is_reused_without_page_faults() -> None:
+    result = _python(FAULTS)
+    pages = (16 + 8 + 8 + 4) * 2**20 * 4 // 4096  # what the step writes
+    assert result["retained"] is True
+    assert result["default"] >= pages // 2  # glibc's default: fresh mappings every step
+    assert result["after"] < pages // 20  # retained: freed blocks are reused
+
+
+MODES = """
+import json, torch
+from gradprobe import allocator, fast
+from gradprobe.models import create_model
+
+model = create_model("sps_tokenizer_cifar", T=2)
+plans = {}
+plans["reference"] = fast.configure(model, "reference", device="cpu").retained_memory
+plans["fast_off"] = fast.configure(model, "fast", device="cpu", retain_memory=False,
+                                   compile_kernels=False).retained_memory
+plans["before"] = allocator.is_retained()
+plans["fast"] = fast.configure(model, "fast", device="cpu", compile_kernels=False).retained_memory
+print(json.dumps(plans))
+"""
+
+
+def test_fast_mode_on_cpu_retains_and_reference_mode_does_not() -> None:
+    assert _python(MODES) == {
+        "reference": False,
+        "fast_off": False,
+        "before": False,
+        "fast": True,
+    }
+
+
+BENCH = """
+import argparse, json
+from benchmarks.throughput import Bench
+from gradprobe import allocator
+
+args = argparse.Namespace(seed=0, T=2, batch_size=2, device="cpu", exact=False,
+                          cuda_graph="off", memory="none")
+Bench("sps_tokenizer_cifar", "maxpool_lif", args, serving="{serving}")
+print(json.dumps({{"retained": allocator.is_retained()}}))
+"""
+
+
+@pytest.mark.parametrize(("serving", "retained"), [("reference", False), ("fast", True)])
+def test_benchmark_workers_retain_memory_only_for_fast_mode(serving: str, retained: bool) -> None:
+    assert _python(BENCH.format(serving=serving)) == {"retained": retained}
+
+
+def test_retain_memory_rejects_unknown_values() -> None:
+    from gradprobe import fast
+    from gradprobe.models import create_model
+
+    with pytest.raises(ValueError, match=r"unknown retain_memory 'yes'; choices: auto"):
+        fast.configure(create_model("sps_tokenizer_cifar", T=2), "fast", retain_memory="yes")
