@@ -31,7 +31,8 @@ gradient in float32 and every BatchNorm on reference mode's kernels.
 same interleaved loop, as a yardstick for reference mode against the official code.
 
 A train step is reset_net → forward (autocast per plan) → cross-entropy → backward → AdamW step
-(each mode with its own AdamW over the shared parameters). On CUDA the fast mode's train step is,
+(each mode with its own AdamW over the shared parameters; on CPU the fast mode's is PyTorch's
+fused AdamW unless ``--exact``, as the harness builds it). On CUDA the fast mode's train step is,
 as in the harness (``trainer.cuda_graph=auto``), one replayed CUDA graph of all that
 (`gradprobe.fast.CUDAGraphStep`, captured during the warm-up; ``--cuda-graph off`` times the
 eager fast step instead). An eval step is reset_net → forward under ``torch.inference_mode`` in
@@ -114,7 +115,15 @@ class Bench:
             self.plans[mode] = self._configure(mode)
             self.params[mode] = sum(p.numel() for p in self.model.parameters())
         assert self.params["reference"] == self.params["fast"], self.params
-        self.optimizers = {m: torch.optim.AdamW(self.model.parameters(), lr=1e-4) for m in MODES}
+        # fast mode's AdamW is fused on CPU unless exact, as the harness builds it
+        # (`ablations.engine.fused_optimizer`)
+        self.fused_adamw = self.device.type == "cpu" and not self.exact
+        self.optimizers = {
+            m: torch.optim.AdamW(
+                self.model.parameters(), lr=1e-4, fused=(m == "fast" and self.fused_adamw) or None
+            )
+            for m in MODES
+        }
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.device.type == "cuda")
         # The fast mode's train step as the harness runs it: a replayed CUDA graph on CUDA.
         self.graph = None
@@ -440,6 +449,7 @@ def measure(name: str, downsample: str, args: argparse.Namespace) -> dict:
     row["step_fast"] = "CUDA graph" if bench.graph is not None else "eager"
     row["grad_precision_fast"] = plan.grad_precision
     row["exact_fast"] = plan.exact
+    row["fused_adamw_fast"] = bench.fused_adamw
     row["retained_memory_fast"] = device.type == "cpu" and allocator.available()
     if bench.device.type != "cpu":
         row["token_bn_fast"] = "model's own"
@@ -555,6 +565,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame | None:
         f"\nfast path: {first['kernel_fast']} LIF kernel, {first['grad_precision_fast']} gradient "
         f"operands, {first['token_bn_fast']} token BatchNorm, "
         f"{first['step_fast']} train step"
+        + (", fused AdamW" if first["fused_adamw_fast"] else "")
         + (", freed memory retained (glibc)" if first["retained_memory_fast"] else "")
         + f"; load average at end {os.getloadavg()}"
     )

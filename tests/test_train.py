@@ -327,3 +327,43 @@ def test_a_failed_capture_leaves_the_run_eager(caplog):
     assert (
         "CUDA graph capture failed, training eagerly: RuntimeError: capture refused" in caplog.text
     )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "mode", "exact", "device", "fused"),
+    [
+        ([], "fast", False, "cpu", True),  # fast mode on CPU: PyTorch's fused AdamW kernel
+        (["optim=adam"], "fast", False, "cpu", True),
+        ([], "fast", True, "cpu", False),  # trainer.exact keeps the per-tensor loop
+        ([], "reference", True, "cpu", False),  # as the official code steps
+        ([], "fast", False, "cuda", False),  # CUDA keeps its (graph-captured) optimiser
+        (["optim=sgd"], "fast", False, "cpu", False),
+        (["+optim.fused=false"], "fast", False, "cpu", False),  # the user's choice wins
+    ],
+)
+def test_fast_mode_fuses_adam_on_cpu(overrides, mode, exact, device, fused) -> None:
+    cfg = config(*overrides)
+    plan = fast.StepPlan(mode, torch.device(device), None, "loop", False, 0, exact=exact)
+    assert engine.fused_optimizer(cfg.optim, plan) is fused
+    optimizer = engine.build_optimizer(
+        cfg.optim, torch.nn.Linear(2, 2), plan if device == "cpu" else None
+    )
+    assert bool(optimizer.defaults.get("fused")) is (fused and device == "cpu")
+
+
+def test_fused_adamw_steps_like_the_loop() -> None:
+    cfg = config()
+    plan = fast.StepPlan("fast", torch.device("cpu"), None, "loop", False, 0, exact=False)
+    models = [torch.nn.Linear(8, 4) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    optimizers = [engine.build_optimizer(cfg.optim, models[0], plan)]
+    optimizers.append(engine.build_optimizer(cfg.optim, models[1]))
+    assert optimizers[0].defaults["fused"] and not optimizers[1].defaults.get("fused")
+    x = torch.randn(16, 8)
+    for _ in range(3):
+        for model, optimizer in zip(models, optimizers, strict=True):
+            optimizer.zero_grad()
+            model(x).square().mean().backward()
+            optimizer.step()
+    for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
