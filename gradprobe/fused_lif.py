@@ -25,6 +25,7 @@ and 1 are exact). Anything else falls back to spikingjelly's kernel.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import shutil
 import warnings
@@ -102,8 +103,10 @@ def _lif_backward(
 _KERNELS: dict[bool, tuple[Callable, Callable]] = {False: (_lif_forward, _lif_backward)}
 
 
+@functools.cache
 def compiler_available() -> bool:
-    """True when TorchInductor can build CPU kernels here (it needs a C++ compiler)."""
+    """True when TorchInductor can build CPU kernels here (it needs a C++ compiler). Looked up
+    once per process: the kernels ask on every call, and a PATH search costs ~0.1 ms."""
     return any(shutil.which(cc) for cc in ("g++", "c++", "clang++"))
 
 
