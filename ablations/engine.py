@@ -315,6 +315,7 @@ def fit(cfg: DictConfig, record: RunRecord, device: torch.device, dist: Dist, T:
     step = {"mode": plan.mode, "lif_kernel": plan.lif_kernel, "precision": precision_name(plan)}
     step.update(exact=plan.exact, grad_precision=plan.grad_precision, cuda_graph=graph is not None)
     step["fused_optimizer"] = bool(optimizer.defaults.get("fused"))
+    step["retained_memory"] = plan.retained_memory
     record.start(OmegaConf.to_yaml(cfg, resolve=True), str(device), step)
     record.update(history, probe_rows)
     log.info(

@@ -2,27 +2,26 @@
 
 Usage (from the repository root):
     python -m benchmarks.allocator                                   # Spikformer-4-384, both tokenizers
-    python -m benchmarks.allocator --models spikformer_2_384_cifar --blocks 6
+    python -m benchmarks.allocator --models spikformer_2_384_cifar --repeats 15
 
-One process, one model in fast mode, the same batch. Blocks of steps alternate between glibc
-unmapping large freed blocks (``M_MMAP_MAX`` at its default, the free heap trimmed with
-``malloc_trim`` before the block) and glibc keeping them (``M_MMAP_MAX = 0``, no trimming, as
-`gradprobe.allocator.retain_freed_memory` sets it); the first step of every block is discarded
-(the heap settles), and each timed step's minor page faults are counted with ``getrusage``.
-The ratio is the median over paired steps, unmapped / retained.
-
-Setting a threshold through ``mallopt`` freezes glibc's adaptive mmap threshold at the value it
-has reached (at most 32 MiB), so the "unmapped" blocks may map slightly fewer of the smaller
-tensors than a fresh process would; the stem maps above 32 MiB are mapped either way.
+Two worker processes run the same model in fast mode on the same batch (same seed, same
+weights), as the harness runs it, except that one keeps glibc's defaults (large freed blocks are
+unmapped, and the next step's tensors fault their pages in again) and the other calls
+`gradprobe.allocator.retain_freed_memory` (``trainer`` fast mode on CPU does). After warm-up
+steps in each, the parent asks for one step at a time, alternating A-B, B-A, ... so that load
+from outside falls on both alike, and each worker reports the step's seconds and minor page
+faults (``getrusage``). Printed: medians, the median of the per-round ratios (default /
+retained) with its range, and page faults per step.
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
+import multiprocessing
 import resource
 import statistics
 import time
+import traceback
 
 import torch
 from spikingjelly.activation_based import functional
@@ -30,62 +29,89 @@ from spikingjelly.activation_based import functional
 from gradprobe import allocator, fast
 from gradprobe.models import create_model
 
-M_MMAP_MAX_DEFAULT = 65536
-M_TRIM_THRESHOLD_DEFAULT = 128 * 1024
+SETTINGS = ("default", "retained")
 
 
-def _faults() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+def _serve(conn, name: str, downsample: str, setting: str, args: argparse.Namespace) -> None:
+    """A worker: build the model in fast mode with or without retained memory, then run one
+    train step per request and send back (seconds, page faults) until it receives ``None``."""
+    try:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        torch.manual_seed(args.seed)
+        model = create_model(name, downsample=downsample, T=args.T, num_classes=10)
+        plan = fast.configure(model, "fast", device="cpu", retain_memory=setting == "retained")
+        assert plan.retained_memory == (setting == "retained")
+        # the harness's optimiser in fast mode (`ablations.engine.fused_optimizer`)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=not plan.exact)
+        images = torch.rand(args.batch_size, 3, 32, 32)
+        labels = torch.randint(0, 10, (args.batch_size,))
+
+        def step() -> tuple[float, int]:
+            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            start = time.perf_counter()
+            functional.reset_net(model)
+            optimizer.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(model(images), labels).backward()
+            optimizer.step()
+            seconds = time.perf_counter() - start
+            return seconds, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+
+        conn.send(("ready", None))
+        while conn.recv() is not None:
+            conn.send(("ok", step()))
+    except Exception:  # the parent re-raises it with the worker's traceback
+        conn.send(("error", traceback.format_exc()))
+
+
+class Worker:
+    def __init__(self, name: str, downsample: str, setting: str, args: argparse.Namespace):
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_serve, args=(child, name, downsample, setting, args))
+        self.process.start()
+        self._reply()
+
+    def _reply(self):
+        status, value = self.conn.recv()
+        if status == "error":
+            raise RuntimeError(f"benchmark worker failed:\n{value}")
+        return value
+
+    def step(self) -> tuple[float, int]:
+        self.conn.send("step")
+        return self._reply()
+
+    def close(self) -> None:
+        self.conn.send(None)
+        self.process.join()
 
 
 def measure(name: str, downsample: str, args: argparse.Namespace) -> dict:
-    libc = ctypes.CDLL("libc.so.6")
-    torch.manual_seed(args.seed)
-    model = create_model(name, downsample=downsample, T=args.T, num_classes=10)
-    fast.configure(model, "fast", device="cpu", retain_memory=False)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    images = torch.rand(args.batch_size, 3, 32, 32)
-    labels = torch.randint(0, 10, (args.batch_size,))
-
-    def step() -> tuple[float, int]:
-        faults, start = _faults(), time.perf_counter()
-        functional.reset_net(model)
-        optimizer.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(model(images), labels).backward()
-        optimizer.step()
-        return time.perf_counter() - start, _faults() - faults
-
-    for _ in range(args.warmup):
-        step()
-    times = {"unmapped": [], "retained": []}
-    faults = {"unmapped": [], "retained": []}
-    for block in range(args.blocks):
-        order = ("unmapped", "retained") if block % 2 == 0 else ("retained", "unmapped")
-        for setting in order:
-            if setting == "unmapped":
-                libc.mallopt(allocator.M_MMAP_MAX, M_MMAP_MAX_DEFAULT)
-                libc.mallopt(allocator.M_TRIM_THRESHOLD, M_TRIM_THRESHOLD_DEFAULT)
-                libc.malloc_trim(0)
-            else:
-                libc.mallopt(allocator.M_MMAP_MAX, 0)
-                libc.mallopt(allocator.M_TRIM_THRESHOLD, allocator.TRIM_THRESHOLD)
-            step()  # the heap settles
-            for _ in range(args.steps):
-                seconds, count = step()
-                times[setting].append(seconds)
-                faults[setting].append(count)
-    paired = [u / r for u, r in zip(times["unmapped"], times["retained"], strict=True)]
-    return {
-        "model": name,
-        "downsample": downsample,
-        "s_unmapped": statistics.median(times["unmapped"]),
-        "s_retained": statistics.median(times["retained"]),
-        "faults_unmapped": statistics.median(faults["unmapped"]),
-        "faults_retained": statistics.median(faults["retained"]),
-        "x_paired_median": statistics.median(paired),
-        "x_paired_min": min(paired),
-        "x_paired_max": max(paired),
-    }
+    workers = {setting: Worker(name, downsample, setting, args) for setting in SETTINGS}
+    try:
+        for worker in workers.values():
+            for _ in range(args.warmup):
+                worker.step()
+        results = {setting: [] for setting in SETTINGS}
+        for rep in range(args.repeats):
+            for setting in SETTINGS if rep % 2 == 0 else SETTINGS[::-1]:
+                results[setting].append(workers[setting].step())
+    finally:
+        for worker in workers.values():
+            worker.close()
+    times = {s: [seconds for seconds, _ in results[s]] for s in SETTINGS}
+    paired = [d / r for d, r in zip(times["default"], times["retained"], strict=True)]
+    row = {"model": name, "downsample": downsample}
+    for setting in SETTINGS:
+        row[f"s_{setting}"] = statistics.median(times[setting])
+        row[f"faults_{setting}"] = statistics.median(f for _, f in results[setting])
+    row.update(
+        x_paired_median=statistics.median(paired),
+        x_paired_min=min(paired),
+        x_paired_max=max(paired),
+    )
+    return row
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -94,19 +120,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--downsample", nargs="*", default=["lif_maxpool", "maxpool_lif"])
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--T", type=int, default=4)
-    parser.add_argument("--blocks", type=int, default=8, help="blocks per setting")
-    parser.add_argument("--steps", type=int, default=2, help="timed steps per block")
+    parser.add_argument("--repeats", type=int, default=11, help="timed steps per setting")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if not allocator.available():
         parser.error("needs glibc (Linux): other C libraries are left alone by gradprobe")
-    if args.threads:
-        torch.set_num_threads(args.threads)
     print(
-        f"CPU, {torch.get_num_threads()} threads, torch {torch.__version__}, B={args.batch_size}, "
-        f"T={args.T}, {args.blocks} blocks x {args.steps} steps per setting, fast mode"
+        f"CPU, {args.threads or torch.get_num_threads()} threads, torch {torch.__version__}, "
+        f"B={args.batch_size}, T={args.T}, fast mode, median of {args.repeats} interleaved "
+        f"steps after {args.warmup} warm-up steps; glibc defaults / freed memory retained"
     )
     rows = []
     for name in args.models:
@@ -114,10 +138,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
             row = measure(name, downsample, args)
             rows.append(row)
             print(
-                f"{name:26s} {downsample:13s} train {row['s_unmapped']:.3f}s (unmapped) / "
-                f"{row['s_retained']:.3f}s (retained): {row['x_paired_median']:.3f}x paired "
-                f"median (range {row['x_paired_min']:.2f}-{row['x_paired_max']:.2f}); "
-                f"page faults per step {row['faults_unmapped']:.0f} / {row['faults_retained']:.0f}",
+                f"{name:26s} {downsample:13s} train {row['s_default']:.3f}s / "
+                f"{row['s_retained']:.3f}s: {row['x_paired_median']:.3f}x paired median "
+                f"(range {row['x_paired_min']:.2f}-{row['x_paired_max']:.2f}); "
+                f"page faults per step {row['faults_default']:.0f} / {row['faults_retained']:.0f}",
                 flush=True,
             )
     return rows

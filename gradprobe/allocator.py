@@ -4,9 +4,10 @@ PyTorch's CPU tensors come from the C library's ``malloc``. glibc serves a large
 its mmap threshold, which adapts up to 32 MiB) with a fresh ``mmap`` and unmaps it on ``free``;
 the next step's tensor of the same size is a new mapping whose every 4 KiB page faults in,
 zero-filled by the kernel, when first written. A Spikformer-4-384 CPU step (B=16, T=4) holds
-stem maps of 12-50 MiB and faults 75,000-90,000 pages per step that way; on the 2-core VM of
-our benchmarks that costs 4-7 % of the step (``benchmarks/allocator.py``: paired steps in one
-process, page faults counted with ``getrusage``).
+stem maps of 12-50 MiB and faults 75,000-86,000 pages per step that way; on the 2-core VM of
+our benchmarks that costs 5-7 % of the step (``benchmarks/allocator.py``: two fast-mode worker
+processes, glibc's defaults against retained memory, steps interleaved, page faults counted
+with ``getrusage``: 0 per step once retained).
 
 `retain_freed_memory` tells glibc (``mallopt``) to serve every request from its heap
 (``M_MMAP_MAX = 0``) and not to give the heap's free top back to the OS below 2 GiB

@@ -16,7 +16,7 @@ from ablations.checks import ConfigError, check_config
 from ablations.distributed import Dist
 from ablations.losses import SoftTargets, TETLoss, TimeMeanCrossEntropy
 from ablations.rundir import RunRecord
-from gradprobe import fast
+from gradprobe import allocator, fast
 
 #: A run that takes about a second per epoch on one CPU core.
 TINY = [
@@ -253,6 +253,8 @@ def test_trainer_exact_picks_the_cpu_fast_path(tmp_path, monkeypatch, exact):
     assert env["exact"] is exact
     assert env["grad_precision"] == ("fp32" if exact else "bf16")
     assert env["precision"] == "fp32"
+    assert env["fused_optimizer"] is not exact  # AdamW fused in fast mode unless exact
+    assert env["retained_memory"] is allocator.available()  # fast mode on CPU, either way
 
 
 @pytest.mark.gpu
