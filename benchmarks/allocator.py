@@ -17,7 +17,6 @@ retained) with its range, and page faults per step.
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import resource
 import statistics
 import time
@@ -26,6 +25,7 @@ import traceback
 import torch
 from spikingjelly.activation_based import functional
 
+from benchmarks.throughput import Worker
 from gradprobe import allocator, fast
 from gradprobe.models import create_model
 
@@ -64,39 +64,16 @@ def _serve(conn, name: str, downsample: str, setting: str, args: argparse.Namesp
         conn.send(("error", traceback.format_exc()))
 
 
-class Worker:
-    def __init__(self, name: str, downsample: str, setting: str, args: argparse.Namespace):
-        ctx = multiprocessing.get_context("spawn")
-        self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=_serve, args=(child, name, downsample, setting, args))
-        self.process.start()
-        self._reply()
-
-    def _reply(self):
-        status, value = self.conn.recv()
-        if status == "error":
-            raise RuntimeError(f"benchmark worker failed:\n{value}")
-        return value
-
-    def step(self) -> tuple[float, int]:
-        self.conn.send("step")
-        return self._reply()
-
-    def close(self) -> None:
-        self.conn.send(None)
-        self.process.join()
-
-
 def measure(name: str, downsample: str, args: argparse.Namespace) -> dict:
-    workers = {setting: Worker(name, downsample, setting, args) for setting in SETTINGS}
+    workers = {s: Worker(name, downsample, s, args, serve=_serve) for s in SETTINGS}
     try:
         for worker in workers.values():
             for _ in range(args.warmup):
-                worker.step()
+                worker("step")
         results = {setting: [] for setting in SETTINGS}
         for rep in range(args.repeats):
             for setting in SETTINGS if rep % 2 == 0 else SETTINGS[::-1]:
-                results[setting].append(workers[setting].step())
+                results[setting].append(workers[setting]("step"))
     finally:
         for worker in workers.values():
             worker.close()

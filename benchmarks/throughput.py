@@ -344,10 +344,16 @@ class Worker:
     modes' different allocation patterns make glibc return and re-fault memory on every switch
     (seconds of page faults per step on a VM), which is not how either code runs."""
 
-    def __init__(self, name: str, downsample: str, label: str, args: argparse.Namespace) -> None:
+    def __init__(
+        self, name: str, downsample: str, label: str, args: argparse.Namespace, serve=None
+    ) -> None:
+        """``serve(conn, name, downsample, label, args)`` runs in the worker (default `_serve`):
+        it sends ``("ready", value)``, then answers each request with ``("ok", value)`` until
+        it receives ``None``, or sends ``("error", traceback)``."""
         ctx = multiprocessing.get_context("spawn")
         self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=_serve, args=(child, name, downsample, label, args))
+        serve = serve or _serve
+        self.process = ctx.Process(target=serve, args=(child, name, downsample, label, args))
         self.process.start()
         self.params = self._reply()
 
