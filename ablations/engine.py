@@ -82,18 +82,13 @@ FUSED_CPU_OPTIMIZERS = ("torch.optim.Adam", "torch.optim.AdamW")
 def fused_optimizer(cfg: DictConfig, plan: fast.StepPlan | None) -> bool:
     """Whether fast mode gives the ``optim`` group's Adam/AdamW PyTorch's fused CPU kernel.
 
-    It does on CPU in fast mode unless ``trainer.exact`` (its rounding differs slightly from the
-    per-tensor loop's, which reference mode and exact runs keep). An explicit ``optim.fused``
+    It does where the plan says so (`gradprobe.fast.StepPlan.fused_optimizer`: fast mode on CPU
+    unless ``trainer.exact``). An explicit ``optim.fused``
     (``+optim.fused=false``) wins.
     """
     if "fused" in cfg or plan is None:
         return False
-    return (
-        cfg.get("_target_") in FUSED_CPU_OPTIMIZERS
-        and plan.mode == "fast"
-        and not plan.exact
-        and plan.device.type == "cpu"
-    )
+    return cfg.get("_target_") in FUSED_CPU_OPTIMIZERS and plan.fused_optimizer
 
 
 def build_optimizer(

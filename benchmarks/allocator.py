@@ -43,7 +43,7 @@ def _serve(conn, name: str, downsample: str, setting: str, args: argparse.Namesp
         plan = fast.configure(model, "fast", device="cpu", retain_memory=setting == "retained")
         assert plan.retained_memory == (setting == "retained")
         # the harness's optimiser in fast mode (`ablations.engine.fused_optimizer`)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=not plan.exact)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=plan.fused_optimizer)
         images = torch.rand(args.batch_size, 3, 32, 32)
         labels = torch.randint(0, 10, (args.batch_size,))
 

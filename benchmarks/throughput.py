@@ -115,9 +115,8 @@ class Bench:
             self.plans[mode] = self._configure(mode)
             self.params[mode] = sum(p.numel() for p in self.model.parameters())
         assert self.params["reference"] == self.params["fast"], self.params
-        # fast mode's AdamW is fused on CPU unless exact, as the harness builds it
-        # (`ablations.engine.fused_optimizer`)
-        self.fused_adamw = self.device.type == "cpu" and not self.exact
+        # fast mode's AdamW is fused where the plan says so, as the harness builds it
+        self.fused_adamw = self.plans["fast"].fused_optimizer
         self.optimizers = {
             m: torch.optim.AdamW(
                 self.model.parameters(), lr=1e-4, fused=(m == "fast" and self.fused_adamw) or None

@@ -109,6 +109,12 @@ class StepPlan:
         return torch.autocast(self.device.type, dtype=self.amp_dtype, cache_enabled=cache)
 
     @property
+    def fused_optimizer(self) -> bool:
+        """Whether Adam/AdamW should step with PyTorch's fused CPU kernel: fast mode on CPU,
+        unless exact (the per-tensor loop rounds as reference mode's optimiser does)."""
+        return self.mode == "fast" and self.device.type == "cpu" and not self.exact
+
+    @property
     def needs_grad_scaler(self) -> bool:
         """float16 autocast needs a ``torch.amp.GradScaler``; bfloat16 and float32 do not."""
         return self.amp_dtype == torch.float16
