@@ -60,6 +60,7 @@ from spikingjelly.activation_based import functional, layer, neuron
 from torch import nn
 
 from gradprobe import allocator, rows_bn
+from gradprobe.cl_pool import set_max_pools
 from gradprobe.fused_lif import FusedLIFNode, compiler_available
 from gradprobe.models.layers import PointwiseBN, SpikingTransformer
 from gradprobe.neuron import LoopLIFNode
@@ -441,6 +442,7 @@ def configure(
         count = set_lif_kernel(model, "loop")
         set_pointwise(model, False)
         set_convs(model, False)
+        set_max_pools(model, False)
         set_token_stream(model, False)
         layout = install_reference_forwards(model)
         amp_dtype = torch.float16 if (amp and on_cuda) else None
@@ -456,6 +458,7 @@ def configure(
         set_pointwise(model, not on_cuda, exact=exact, bf16_grads=bf16_grads, compiled=compiled)
         set_token_stream(model, not (on_cuda or exact))
         set_convs(model, bf16_grads)
+        set_max_pools(model, not on_cuda)
         layout = False
         amp_dtype = torch.bfloat16 if (amp and on_cuda) else None
         kernel = (

@@ -21,12 +21,10 @@ the transposed kernel.
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 from torch import nn
 
-from gradprobe.fused_lif import compiler_available, recompile_room
+from gradprobe.kernels import KernelSet
 
 
 def _var_sum(rows: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
@@ -39,34 +37,20 @@ def _normalise(rows, mean, invstd, weight, bias):
     return (rows - mean) * invstd * weight + bias
 
 
-_EAGER = {"var_sum": _var_sum, "normalise": _normalise}
-_KERNELS: dict[str, object] = {}
-_BROKEN: list[str] = []  # why a kernel build failed; `available` is false after one
+# The sum of squares must run in row order like ATen's: with several threads and few channels
+# TorchInductor would split it across threads, so that kernel is built single-threaded (it is
+# bound by memory). Static shapes: one kernel per (rows, channels).
+_KERNELS = KernelSet(
+    "rows BatchNorm",
+    "callers go back to ATen's kernel on the transposed view",
+    {"var_sum": _var_sum, "normalise": _normalise},
+    options={"var_sum": {"cpp.threads": 1}},
+)
 
 
 def available() -> bool:
     """Whether the compiled kernels can be used here (a C++ compiler, no failed build)."""
-    return compiler_available() and not _BROKEN
-
-
-def _run(name: str, *args: torch.Tensor) -> torch.Tensor:
-    if name not in _KERNELS:
-        # Static shapes, one kernel per (rows, channels). The sum of squares must run in row
-        # order like ATen's: with several threads and few channels TorchInductor would split it
-        # across threads, so that kernel is built single-threaded (it is bound by memory).
-        options = {"cpp.threads": 1} if name == "var_sum" else {}
-        _KERNELS[name] = torch.compile(_EAGER[name], dynamic=False, fullgraph=True, options=options)
-    try:
-        with recompile_room():
-            return _KERNELS[name](*args)
-    except Exception as error:  # a broken toolchain must not stop training
-        _BROKEN.append(f"{type(error).__name__}: {error}")
-        warnings.warn(
-            f"rows BatchNorm: TorchInductor build failed ({error}); callers go back to ATen's "
-            "kernel on the transposed view",
-            stacklevel=3,
-        )
-        return _EAGER[name](*args)
+    return _KERNELS.available()
 
 
 class _RowsBNFunction(torch.autograd.Function):
@@ -74,7 +58,7 @@ class _RowsBNFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, rows, weight, bias, mean, invstd, eps, train):
-        y = _run("normalise", rows, mean, invstd, weight, bias)
+        y = _KERNELS("normalise", rows, mean, invstd, weight, bias)
         ctx.save_for_backward(rows, weight, mean, invstd)
         ctx.eps, ctx.train = eps, train
         return y
@@ -119,7 +103,7 @@ def rows_batch_norm(bn: nn.BatchNorm1d, rows: torch.Tensor, samples: int) -> tor
         if batch_stats:
             view = rows.view(samples, -1, C).transpose(1, 2)  # the references' layout
             mean = torch.mean(view, (0, 2))
-            var_sum = _run("var_sum", rows, mean)
+            var_sum = _KERNELS("var_sum", rows, mean)
             # in float64, ATen's accumulate type for float32, then rounded to float32
             invstd = (1 / torch.sqrt(var_sum / rows.shape[0] + bn.eps)).float()
         else:

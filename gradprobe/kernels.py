@@ -1,0 +1,75 @@
+"""Named TorchInductor kernels with eager fallbacks, shared by the CPU fast path's modules.
+
+A `KernelSet` compiles each of its functions on first use (one C++ kernel per function, shape
+and dtype, or per dtype with ``dynamic=True``). A build that fails (a broken toolchain) must not
+stop training: it warns once, the set reports itself unavailable, and that call and every later
+one run the eager function, which computes the same thing.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import torch
+
+from gradprobe.fused_lif import compiler_available, recompile_room
+
+
+class KernelSet:
+    """Functions compiled by TorchInductor on first call, each falling back to itself eager.
+
+    Args:
+        label: Names the set in the warning a failed build gives.
+        fallback: What callers do instead once a build failed, for that warning.
+        functions: The eager functions by name.
+        dynamic: ``torch.compile``'s ``dynamic`` for every kernel of the set.
+        options: Inductor options by function name (e.g. ``{"cpp.threads": 1}``).
+
+    Example:
+        >>> kernels = KernelSet("demo", "eager ops", {"double": lambda x: x * 2})
+        >>> kernels("double", torch.ones(2))  # doctest: +SKIP
+        tensor([2., 2.])
+    """
+
+    def __init__(
+        self,
+        label: str,
+        fallback: str,
+        functions: dict[str, Callable],
+        *,
+        dynamic: bool = False,
+        options: dict[str, dict] | None = None,
+    ) -> None:
+        self.label = label
+        self.fallback = fallback
+        self.eager = dict(functions)
+        self.dynamic = dynamic
+        self.options = options or {}
+        self.compiled: dict[str, Callable] = {}
+        self.broken: list[str] = []  # why a build failed; the set is unavailable after one
+
+    def available(self) -> bool:
+        """Whether the compiled kernels can be used here (a C++ compiler, no failed build)."""
+        return compiler_available() and not self.broken
+
+    def __call__(self, name: str, *args: torch.Tensor):
+        if not self.available():
+            return self.eager[name](*args)
+        if name not in self.compiled:
+            self.compiled[name] = torch.compile(
+                self.eager[name],
+                dynamic=self.dynamic,
+                fullgraph=True,
+                options=self.options.get(name, {}),
+            )
+        try:
+            with recompile_room():
+                return self.compiled[name](*args)
+        except Exception as error:  # a broken toolchain must not stop training
+            self.broken.append(f"{type(error).__name__}: {error}")
+            warnings.warn(
+                f"{self.label}: TorchInductor build failed ({error}); {self.fallback}",
+                stacklevel=3,
+            )
+            return self.eager[name](*args)
