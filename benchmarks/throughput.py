@@ -456,6 +456,7 @@ def measure(name: str, downsample: str, args: argparse.Namespace) -> dict:
     row["exact_fast"] = plan.exact
     row["fused_adamw_fast"] = bench.fused_adamw
     row["retained_memory_fast"] = device.type == "cpu" and allocator.available()
+    row["pools_fast"] = "channels-last" if plan.channels_last_pools else "plain"
     if bench.device.type != "cpu":
         row["token_bn_fast"] = "model's own"
     elif plan.exact or plan.lif_kernel != "fused-inductor":
@@ -569,7 +570,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame | None:
     print(
         f"\nfast path: {first['kernel_fast']} LIF kernel, {first['grad_precision_fast']} gradient "
         f"operands, {first['token_bn_fast']} token BatchNorm, "
-        f"{first['step_fast']} train step"
+        f"{first['step_fast']} train step, {first['pools_fast']} max-pools"
         + (", fused AdamW" if first["fused_adamw_fast"] else "")
         + (", freed memory retained (glibc)" if first["retained_memory_fast"] else "")
         + f"; load average at end {os.getloadavg()}"

@@ -49,9 +49,10 @@ def test_output_indices_and_gradient_are_the_plain_calls(kind, geometry, shape) 
     for a, b in zip(ours, ref, strict=True):
         assert torch.equal(a, b)
     assert ours[0].is_contiguous() and ours[2].is_contiguous()
-    with torch.no_grad():  # the inference path
-        assert torch.equal(cl_pool.max_pool2d(x, **geometry), plain)
-        assert torch.equal(cl_pool.max_pool2d(x, return_indices=True, **geometry)[1], ref[1])
+    for context in (torch.no_grad, torch.inference_mode):  # the eval paths
+        with context():
+            assert torch.equal(cl_pool.max_pool2d(x, **geometry), plain)
+            assert torch.equal(cl_pool.max_pool2d(x, return_indices=True, **geometry)[1], ref[1])
 
 
 @needs_compiler
@@ -127,10 +128,12 @@ def test_fast_mode_switches_the_pools_and_reference_mode_restores_them(downsampl
     model = create_model("sps_tokenizer_cifar", downsample=downsample, T=2)
     pools = [m for m in model.modules() if isinstance(m, layer.MaxPool2d)]
     assert pools
-    fast.configure(model, "fast", device="cpu")
+    plan = fast.configure(model, "fast", device="cpu", exact=True)  # bit-identical: exact too
     assert all(type(m) is cl_pool.FastMaxPool2d for m in pools)
-    fast.configure(model, "reference", device="cpu")
+    assert plan.channels_last_pools is cl_pool.available()
+    plan = fast.configure(model, "reference", device="cpu")
     assert all(type(m) is layer.MaxPool2d for m in pools)
+    assert not plan.channels_last_pools
 
 
 @needs_compiler

@@ -16,7 +16,7 @@ from ablations.checks import ConfigError, check_config
 from ablations.distributed import Dist
 from ablations.losses import SoftTargets, TETLoss, TimeMeanCrossEntropy
 from ablations.rundir import RunRecord
-from gradprobe import allocator, fast
+from gradprobe import allocator, cl_pool, fast
 
 #: A run that takes about a second per epoch on one CPU core.
 TINY = [
@@ -255,6 +255,7 @@ def test_trainer_exact_picks_the_cpu_fast_path(tmp_path, monkeypatch, exact):
     assert env["precision"] == "fp32"
     assert env["fused_optimizer"] is not exact  # AdamW fused in fast mode unless exact
     assert env["retained_memory"] is allocator.available()  # fast mode on CPU, either way
+    assert env["channels_last_pools"] is cl_pool.available()  # bit-identical: exact too
 
 
 @pytest.mark.gpu
