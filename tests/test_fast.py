@@ -468,3 +468,22 @@ def test_token_stream_only_where_every_pointwise_layer_is_a_token_linear(name: s
     assert not any(m.token_stream for m in transformers)
     fast.configure(model, "reference", device="cpu")
     assert not any(m.token_stream for m in transformers)
+
+
+def test_token_stream_gradients_stay_in_token_order() -> None:
+    """The head sends back a broadcast gradient; the stream hands it on in token memory order,
+    so that the residual adds and every LIF on the stream see the layout of their outputs."""
+    model = tiny("spikformer_4_384_cifar", "lif_maxpool")
+    fast.configure(model, "fast", device="cpu", compile_kernels=False)
+    grads = []
+
+    def keep_grad(module, args, output):
+        output.register_hook(grads.append)
+
+    model.blocks.register_forward_hook(keep_grad)
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    functional.reset_net(model)
+    model(x).sum().backward()
+    (grad,) = grads
+    assert grad.permute(0, 1, 3, 4, 2).is_contiguous()  # [T, B, H, W, C] memory
+    assert not grad.is_contiguous()

@@ -285,6 +285,29 @@ def check_img_size(img_size: int, form: Form, model: str) -> int:
     return img_size // factor
 
 
+def _token_order(x_seq: torch.Tensor) -> torch.Tensor:
+    """``[T, B, C, H, W]`` with token memory order (channels last): a copy unless it has it."""
+    return x_seq.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+
+
+class _TokenOrderGrad(torch.autograd.Function):
+    """Identity whose backward hands on the gradient in token memory order.
+
+    At the end of a token stream the head's mean over tokens sends back a broadcast gradient.
+    Without this, the residual stream's gradients would add that broadcast to token-ordered
+    branch gradients in NCHW order, and every LIF on the stream would copy its gradient back to
+    its own (token) order.
+    """
+
+    @staticmethod
+    def forward(ctx, x_seq: torch.Tensor) -> torch.Tensor:
+        return x_seq.view_as(x_seq)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return _token_order(grad)
+
+
 class SpikingTransformer(SpikingClassifier):
     """Stem → blocks → mean over tokens → Linear, per time step (``[T, B, K]``).
 
@@ -344,8 +367,9 @@ class SpikingTransformer(SpikingClassifier):
             )
         x_seq = self.stem(x_seq)
         if self.token_stream:
-            x_seq = x_seq.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
-        x_seq = self.blocks(x_seq)
+            x_seq = _TokenOrderGrad.apply(self.blocks(_token_order(x_seq)))
+        else:
+            x_seq = self.blocks(x_seq)
         # the mean over tokens reduces contiguous memory, in the references' order
         return self.head(x_seq.contiguous().flatten(3).mean(3))
 
