@@ -487,3 +487,23 @@ def test_token_stream_gradients_stay_in_token_order() -> None:
     (grad,) = grads
     assert grad.permute(0, 1, 3, 4, 2).is_contiguous()  # [T, B, H, W, C] memory
     assert not grad.is_contiguous()
+
+
+def test_attention_keeps_a_token_stream_in_token_order() -> None:
+    """On a token-ordered input the attention output is token ordered too (no copy back for the
+    projection's token Linear); values equal the NCHW-ordered computation's."""
+    from gradprobe.models.layers import SpikingSelfAttention
+
+    torch.manual_seed(0)
+    attn = SpikingSelfAttention(32, 4, qkv_kind="linear", proj_kind="linear", qkv_bias=True)
+    functional.set_step_mode(attn, "m")
+    x = (torch.rand(2, 3, 4, 4, 32) < 0.3).float().permute(0, 1, 4, 2, 3)  # token order
+    seen = []
+    attn.attn_lif.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    out_tokens = attn(x)
+    functional.reset_net(attn)
+    out_maps = attn(x.contiguous())
+    assert seen[0].permute(0, 1, 3, 4, 2).is_contiguous()
+    assert seen[1].is_contiguous()
+    assert torch.equal(seen[0], seen[1])
+    assert torch.equal(out_tokens, out_maps)

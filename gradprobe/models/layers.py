@@ -163,8 +163,11 @@ class SpikingSelfAttention(nn.Module):
         v = self._heads(self.v_lif(self.v(x_seq)))
         kt = k.transpose(-2, -1)
         n_tokens, head_dim = q.shape[-2], q.shape[-1]
-        attn = q @ (kt @ v) if n_tokens > head_dim else (q @ kt) @ v
-        out = (attn * self.scale).transpose(-1, -2).reshape(T, B, C, H, W)
+        attn = (q @ (kt @ v) if n_tokens > head_dim else (q @ kt) @ v) * self.scale
+        if x_seq.permute(0, 1, 3, 4, 2).is_contiguous():  # a token stream: keep its order
+            out = attn.transpose(2, 3).reshape(T, B, H, W, C).permute(0, 1, 4, 2, 3)
+        else:
+            out = attn.transpose(-1, -2).reshape(T, B, C, H, W)
         out = self.proj(self.attn_lif(out))
         return out if self.out_lif is None else self.out_lif(out)
 
