@@ -5,10 +5,14 @@ Usage (from the repository root):
 
 Token matmuls (``[T·B·N, C] x [C, C']`` at B=16, T=4, N=64): MKL's sgemm (``F.linear``, what
 reference mode and the official code run) against oneDNN's 1x1 convolution on the same memory
-(`gradprobe.fast._TokenLinear`'s backward), and oneDNN in bfloat16. Stem convolutions (3x3,
-forward + backward): float32 against bfloat16 operands (`gradprobe.fast._Conv`'s backward).
+(`gradprobe.fast._TokenLinear`'s backward), and oneDNN in bfloat16; each line also says whether
+oneDNN's float32 result equals MKL's bit for bit (the forward must keep MKL's rounding). Stem
+convolutions (3x3, forward + backward): float32 against bfloat16 operands (`gradprobe.fast._Conv`'s
+backward).
 Token BatchNorms: on the references' transposed view against contiguous rows
-(`gradprobe.fast.FastPointwiseBN` unless ``exact``).
+(`gradprobe.fast.FastPointwiseBN` unless ``exact``). The downsampling sites' max-pools, on
+real-valued maps (CML) and on spikes: ATen's NCHW kernel against `gradprobe.cl_pool`'s
+channels-last route.
 Each line prints the ratios measured side by side in this run.
 """
 
@@ -44,10 +48,13 @@ def token_matmuls(repeats: int) -> None:
             flop / seconds(F.conv2d, (a4, w4), repeats) / 1e9,
             flop / seconds(F.linear, (ab, wb), repeats) / 1e9,
         ]
+        # the same products, rounded as MKL rounds them? (the forward must be, for its spikes)
+        same = torch.equal(F.linear(a, w), F.conv2d(a4, w4).permute(0, 2, 3, 1).reshape(m, n))
         print(
             f"  [{m} x {k}] x [{k} x {n}]".ljust(34)
             + "".join(f"{r:9.1f}   " for r in rates)
-            + f"oneDNN/MKL {rates[1] / rates[0]:.2f}x, bf16/MKL {rates[2] / rates[0]:.2f}x"
+            + f"oneDNN/MKL {rates[1] / rates[0]:.2f}x, bf16/MKL {rates[2] / rates[0]:.2f}x, "
+            + f"oneDNN fp32 bit-equal to MKL: {'yes' if same else 'no'}"
         )
 
 
@@ -100,6 +107,44 @@ def token_batch_norms(repeats: int) -> None:
         )
 
 
+def pool_step(pool, x: torch.Tensor, g: torch.Tensor) -> None:
+    """MaxPool2d(3, 2, 1) forward + backward."""
+    x = x.detach().requires_grad_()
+    pool(x, 3, 2, 1).backward(g)
+
+
+def max_pools(repeats: int) -> None:
+    """Last, as it has glibc keep freed memory from here on (as fast mode does; both kernels
+    timed alike), so that fresh 50 MB maps do not fault their pages in on every call."""
+    from gradprobe import allocator, cl_pool
+
+    if not cl_pool.available():
+        print("max-pool: the channels-last route needs TorchInductor (a C++ compiler); skipped")
+        return
+    retained = allocator.retain_freed_memory()
+    print(
+        "MaxPool2d(3, 2, 1) fwd+bwd, NCHW fp32 map          plain NCHW  channels-last  (ms)"
+        + ("  [freed memory retained]" if retained else "")
+    )
+    for c, hw in ((192, 32), (384, 16)):
+        gen = torch.Generator().manual_seed(c)
+        maps = {
+            "real (CML)": torch.randn(64, c, hw, hw, generator=gen),
+            "spikes": (torch.rand(64, c, hw, hw, generator=gen) < 0.2).float(),
+        }
+        g = torch.randn(64, c, hw // 2, hw // 2, generator=gen)
+        for label, x in maps.items():
+            ms = [
+                1e3 * seconds(pool_step, (F.max_pool2d, x, g), repeats),
+                1e3 * seconds(pool_step, (cl_pool.max_pool2d, x, g), repeats),
+            ]
+            print(
+                f"  [64, {c}, {hw}, {hw}] {label}".ljust(50)
+                + "".join(f"{m:9.1f}   " for m in ms)
+                + f"channels-last {ms[0] / ms[1]:.1f}x faster"
+            )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -113,6 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     token_matmuls(args.repeats)
     stem_convolutions(args.repeats)
     token_batch_norms(args.repeats)
+    max_pools(args.repeats)
 
 
 if __name__ == "__main__":

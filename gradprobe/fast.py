@@ -15,17 +15,18 @@
   oneDNN's 1x1 convolution on the same memory (a channels-last view, no copy) is up to 1.5x
   faster on an AVX-512 CPU (``benchmarks/gemm.py``);
 * on CPU, unless ``exact=True``, Spikformer's residual stream is held in token memory order
-  (``SpikingTransformer.token_stream``), so that the token Linears read it without a copy;
+  (``SpikingTransformer.token_stream``), so that the token Linears read it without a copy; the
+  attention output and the stream's gradients keep that order too (no layout copies);
 * on CPU the token BatchNorms normalise the contiguous ``[T·B·N, C']`` rows with
   `gradprobe.rows_bn` (4x faster than the references' BN on a transposed view, with the same
   statistics computed the same way, so the output is the same bit for bit; it needs
   TorchInductor, without which the transposed kernel stays);
 * on CPU every spikingjelly ``MaxPool2d`` (the downsampling sites' pools) becomes
   `gradprobe.cl_pool.FastMaxPool2d`, which pools through channels-last memory: ATen's
-  channels-last kernel is vectorised where its NCHW kernel branches per element (~10x faster on
-  CML's real-valued maps), and values, indices (the first-maximum rule) and gradients are the
-  plain call's bit for bit; it needs TorchInductor for the layout moves, without which the plain
-  call stays;
+  channels-last kernel is vectorised where its NCHW kernel branches per element (forward and
+  backward 2.3-2.6x faster on CML's real-valued maps, ``benchmarks/gemm.py``), and values,
+  indices (the first-maximum rule) and gradients are the plain call's bit for bit; it needs
+  TorchInductor for the layout moves, without which the plain call stays;
 * on CPU, unless ``exact=True``, on a CPU with bfloat16 dot products (AVX512-BF16, AMX): the
   backward of every convolution and token matmul takes bfloat16 operands (`_Conv`,
   `_TokenLinear`; oneDNN accumulates in float32 and rounds the results to bfloat16, which are

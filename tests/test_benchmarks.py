@@ -59,3 +59,21 @@ def test_official_lif_benchmark_compares_every_lif_shape(tmp_path) -> None:
     assert all(r["s_ours"] > 0 and r["s_official"] > 0 for r in rows)
     with pytest.raises(FileNotFoundError, match=r"holds no spikingjelly/clock_driven/neuron.py"):
         official_lif.load_legacy(tmp_path)
+
+
+def test_step_profile_groups_the_step_by_kind(capsys: pytest.CaptureFixture) -> None:
+    from benchmarks import step_profile
+
+    args = ["--model", "sps_tokenizer_cifar", "--downsample", "maxpool_lif", "--batch-size", "2"]
+    args += ["--T", "2", "--warmup", "1", "--steps", "1", "--threads", "1", "--top", "3"]
+    table = step_profile.main(args)
+    assert set(table.columns) == {"backward", "forward and step", "total"}
+    assert table.loc["matmul and convolution", "backward"] > 0  # conv backward ran in backward
+    assert table.loc["matmul and convolution", "forward and step"] > 0
+    assert table["total"].sum() == pytest.approx(
+        table[["backward", "forward and step"]].sum().sum()
+    )
+    out = capsys.readouterr().out
+    assert "ms per train step unprofiled" in out and "3 costliest ops" in out
+    assert step_profile.kind_of("aten::max_pool2d_with_indices_backward") == "pooling"
+    assert step_profile.kind_of("aten::something_new").startswith("other")

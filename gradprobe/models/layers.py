@@ -323,7 +323,8 @@ class SpikingTransformer(SpikingClassifier):
     blocks: nn.Sequential
     head: nn.Linear
     #: Hold the residual stream between stem and head in token memory order ([T, B, H, W, C],
-    #: channels last), so that token Linears read it without a copy. Same values; set by
+    #: channels last), so that token Linears read it without a copy; its gradients are handed
+    #: back in the same order (`_TokenOrderGrad`). Same values; set by
     #: `gradprobe.fast.configure` on CPU where every pointwise layer is a token Linear.
     token_stream: bool = False
     #: Parameters created for parameter-count parity but never used in forward: name suffixes
