@@ -57,10 +57,13 @@ class _MaxPool(torch.autograd.Function):
         ctx.save_for_backward(x, indices)
         ctx.geometry = geometry
         ctx.mark_non_differentiable(indices)
+        ctx.set_materialize_grads(False)  # no zeros for the indices' (absent) gradient
         return y, indices
 
     @staticmethod
     def backward(ctx, grad_y, _grad_indices):
+        if grad_y is None:
+            return None, None, None, None, None, None
         x, indices = ctx.saved_tensors
         grad_x = torch.ops.aten.max_pool2d_with_indices_backward(
             grad_y.contiguous(), x, *ctx.geometry, indices

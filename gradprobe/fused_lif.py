@@ -68,7 +68,7 @@ def _lif_forward(
 
 def _lif_backward(
     grad_spikes: torch.Tensor,
-    grad_v: torch.Tensor,
+    grad_v: torch.Tensor | None,
     z: torch.Tensor,
     tau: torch.Tensor,
     alpha: torch.Tensor,
@@ -82,7 +82,8 @@ def _lif_backward(
     Computes in float32 from the saved ``Z = H - V_th``; ``dL/dX`` is returned in
     ``grad_dtype`` (the input's).
     """
-    carry = grad_v
+    # no gradient for the last V (the usual case): a zero carry, folded into the kernel
+    carry = torch.zeros_like(z[0], dtype=torch.float32) if grad_v is None else grad_v
     grads = []
     for t in range(z.shape[0] - 1, -1, -1):
         zt = z[t].to(torch.float32)
@@ -157,6 +158,7 @@ class _FusedLIF(torch.autograd.Function):
         ctx.grad_dtype = x.dtype
         ctx.flags = flags
         ctx.compiled = compiled
+        ctx.set_materialize_grads(False)  # an unused last V passes None, not a tensor of zeros
         return spikes, v_last
 
     @staticmethod
@@ -165,8 +167,6 @@ class _FusedLIF(torch.autograd.Function):
         z, tau, alpha = ctx.saved_tensors
         if grad_spikes is None:
             grad_spikes = torch.zeros(z.shape, dtype=torch.float32, device=z.device)
-        if grad_v is None:
-            grad_v = torch.zeros(z.shape[1:], dtype=torch.float32, device=z.device)
         decay_input, hard_reset, surrogate_id, _ = ctx.flags
         with recompile_room():
             grad_x, grad_v0 = backward_kernel(

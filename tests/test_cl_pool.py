@@ -147,3 +147,30 @@ def test_multi_step_pool_matches_spikingjelly() -> None:
     functional.set_step_mode(ours, "m")
     with pytest.raises(ValueError, match=r"\[T, N, C, H, W\]"):
         ours(x[0])
+
+
+@needs_compiler
+def test_backward_builds_no_zeros_for_the_indices() -> None:
+    """The indices output has no gradient; autograd must not materialise one (an int64 tensor of
+    zeros the size of the output, per call) for the backward."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Zeros(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.shapes = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func.overloadpacket in (torch.ops.aten.zeros, torch.ops.aten.zeros_like):
+                self.shapes.append((tuple(out.shape), out.dtype))
+            return out
+
+    x = maps("real", (4, 8, 16, 16)).requires_grad_()
+    y = cl_pool.max_pool2d(x, 3, 2, 1)
+    with Zeros() as seen:
+        y.sum().backward()
+    assert ((4, 8, 8, 8), torch.int64) not in seen.shapes
+    ref = x.detach().requires_grad_()
+    torch.nn.functional.max_pool2d(ref, 3, 2, 1).sum().backward()
+    assert torch.equal(x.grad, ref.grad)

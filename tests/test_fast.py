@@ -124,6 +124,41 @@ def test_fused_lif_carries_state_across_calls() -> None:
         assert torch.equal(loop(x), fused(x))
 
 
+def test_fused_lif_backward_builds_no_zero_state_gradient() -> None:
+    """The last V of a call is usually unused: autograd must not materialise a zero gradient
+    for it (a [N] float32 tensor per call), and the gradients must still equal the loop's,
+    also when the state does carry a gradient into a later call."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Zeros(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.shapes = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func.overloadpacket is torch.ops.aten.zeros:
+                self.shapes.append(tuple(out.shape))
+            return out
+
+    x = (torch.rand(4, 5, 6) * 2).requires_grad_()
+    fused = make_neuron(NeuronConfig())
+    fused.__class__ = FusedLIFNode
+    out = fused(x)
+    with Zeros() as seen:
+        out.sum().backward()
+    assert (30,) not in seen.shapes and (5, 6) not in seen.shapes
+    loop = make_neuron(NeuronConfig(kernel="loop"))
+    for neuron_ in (fused, loop):  # two calls: the second one's loss reaches the first's V
+        neuron_.reset()
+    grads = []
+    for neuron_ in (fused, loop):
+        xs = x.detach().requires_grad_()
+        (neuron_(xs).sum() + neuron_(xs * 0.5).sum()).backward()
+        grads.append(xs.grad)
+    torch.testing.assert_close(grads[0], grads[1])
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("name", CIFAR_MODELS)
 def test_fast_equals_reference_mode(name: str, variant: str) -> None:
