@@ -468,7 +468,8 @@ def configure(
         set_pointwise(model, not on_cuda, exact=exact, bf16_grads=bf16_grads, compiled=compiled)
         set_token_stream(model, not (on_cuda or exact))
         set_convs(model, bf16_grads)
-        pools = cl_pool.set_max_pools(model, not on_cuda) > 0 and cl_pool.available()
+        switched = cl_pool.set_max_pools(model, not on_cuda)  # on CUDA: back to plain pools
+        pools = not on_cuda and switched > 0 and cl_pool.available()
         layout = False
         amp_dtype = torch.bfloat16 if (amp and on_cuda) else None
         kernel = (

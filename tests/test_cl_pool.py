@@ -1,7 +1,5 @@
 """`gradprobe.cl_pool`: max-pooling through channels-last memory, bit for bit the plain call."""
 
-import copy
-
 import pytest
 import torch
 from spikingjelly.activation_based import functional, layer
@@ -96,17 +94,12 @@ def test_other_inputs_take_the_plain_call(monkeypatch: pytest.MonkeyPatch) -> No
     assert len(calls) == 4
 
 
-def test_a_failed_build_warns_and_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_build_warns_and_falls_back(
+    monkeypatch: pytest.MonkeyPatch, broken_kernels
+) -> None:
     """A TorchInductor failure warns once, still returns this call's values and leaves the
     set unavailable, so that every later pool takes the plain call."""
-
-    def broken(*args, **kwargs):
-        raise RuntimeError("no compiler in this test")
-
-    kernels = copy.copy(cl_pool._KERNELS)
-    kernels.compiled = {"to_channels_last": broken, "to_contiguous": broken}
-    kernels.broken = []
-    monkeypatch.setattr(cl_pool, "_KERNELS", kernels)
+    kernels = broken_kernels(cl_pool)
     monkeypatch.setattr("gradprobe.kernels.compiler_available", lambda: True)
     x = maps("real", (2, 8, 6, 6))
     with pytest.warns(UserWarning, match="channels-last max-pool: TorchInductor build failed"):
@@ -150,27 +143,14 @@ def test_multi_step_pool_matches_spikingjelly() -> None:
 
 
 @needs_compiler
-def test_backward_builds_no_zeros_for_the_indices() -> None:
+def test_backward_builds_no_zeros_for_the_indices(zeros_made) -> None:
     """The indices output has no gradient; autograd must not materialise one (an int64 tensor of
     zeros the size of the output, per call) for the backward."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Zeros(TorchDispatchMode):
-        def __init__(self) -> None:
-            super().__init__()
-            self.shapes = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            if func.overloadpacket in (torch.ops.aten.zeros, torch.ops.aten.zeros_like):
-                self.shapes.append((tuple(out.shape), out.dtype))
-            return out
-
     x = maps("real", (4, 8, 16, 16)).requires_grad_()
     y = cl_pool.max_pool2d(x, 3, 2, 1)
-    with Zeros() as seen:
+    with zeros_made() as seen:
         y.sum().backward()
-    assert ((4, 8, 8, 8), torch.int64) not in seen.shapes
+    assert not [made for made in seen.made if made[1:] == ((4, 8, 8, 8), torch.int64)]
     ref = x.detach().requires_grad_()
     torch.nn.functional.max_pool2d(ref, 3, 2, 1).sum().backward()
     assert torch.equal(x.grad, ref.grad)

@@ -81,18 +81,11 @@ def test_rows_batch_norm_is_the_transposed_kernel(
 
 
 def test_a_failed_build_falls_back_to_the_transposed_kernel(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, broken_kernels
 ) -> None:
     """A TorchInductor failure warns once, still returns this call's values, and turns
     `rows_bn.available` false so that `FastPointwiseBN` goes back to the transposed kernel."""
-
-    def broken(*args, **kwargs):
-        raise RuntimeError("no compiler in this test")
-
-    kernels = copy.copy(rows_bn._KERNELS)
-    kernels.compiled = {"var_sum": broken, "normalise": broken}
-    kernels.broken = []
-    monkeypatch.setattr(rows_bn, "_KERNELS", kernels)
+    broken_kernels(rows_bn)
     bn = torch.nn.BatchNorm1d(12)
     x = torch.randn(4, 6, 12)
     with pytest.warns(UserWarning, match="TorchInductor build failed"):
