@@ -29,24 +29,14 @@ def _to_channels_last(x: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(x, memory_format=torch.channels_last).copy_(x)
 
 
-def _to_contiguous(y: torch.Tensor) -> torch.Tensor:
-    return y.contiguous()
-
-
-def _both_to_contiguous(
-    y: torch.Tensor, indices: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    return y.contiguous(), indices.contiguous()
+def _to_contiguous(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    return tuple(t.contiguous() for t in tensors)
 
 
 _KERNELS = KernelSet(
     "channels-last max-pool",
     "max-pools run ATen's NCHW kernel",
-    {
-        "to_channels_last": _to_channels_last,
-        "to_contiguous": _to_contiguous,
-        "both_to_contiguous": _both_to_contiguous,
-    },
+    {"to_channels_last": _to_channels_last, "to_contiguous": _to_contiguous},
     dynamic=True,
 )
 
@@ -63,7 +53,7 @@ class _MaxPool(torch.autograd.Function):
         y, indices = torch.ops.aten.max_pool2d_with_indices(
             _KERNELS("to_channels_last", x), *geometry
         )
-        y, indices = _KERNELS("both_to_contiguous", y, indices)
+        y, indices = _KERNELS("to_contiguous", y, indices)
         ctx.save_for_backward(x, indices)
         ctx.geometry = geometry
         ctx.mark_non_differentiable(indices)
@@ -119,9 +109,9 @@ def max_pool2d(
             _KERNELS("to_channels_last", x), *geometry, ceil_mode
         )
         if return_indices:
-            y, indices = _KERNELS("both_to_contiguous", y, indices)
+            y, indices = _KERNELS("to_contiguous", y, indices)
         else:
-            y = _KERNELS("to_contiguous", y)
+            (y,) = _KERNELS("to_contiguous", y)
     return (y, indices) if return_indices else y
 
 
