@@ -67,7 +67,8 @@ from spikingjelly.activation_based import functional, layer, neuron
 from torch import nn
 
 from gradprobe import allocator, cl_pool, rows_bn
-from gradprobe.fused_lif import FusedLIFNode, compiler_available
+from gradprobe.fused_lif import FusedLIFNode
+from gradprobe.kernels import compiler_available
 from gradprobe.models.layers import PointwiseBN, SpikingTransformer
 from gradprobe.neuron import LoopLIFNode
 from gradprobe.reference_mode import install_reference_forwards, remove_reference_forwards

@@ -24,15 +24,12 @@ and 1 are exact). Anything else falls back to spikingjelly's kernel.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import math
-import shutil
-import warnings
-from collections.abc import Callable, Iterator
 
 import torch
 from spikingjelly.activation_based import neuron, surrogate
+
+from gradprobe.kernels import KernelSet
 
 _SURROGATE_IDS = {surrogate.Sigmoid: 0, surrogate.ATan: 1}
 
@@ -101,40 +98,19 @@ def _lif_backward(
     return torch.stack(grads), carry
 
 
-_KERNELS: dict[bool, tuple[Callable, Callable]] = {False: (_lif_forward, _lif_backward)}
+# dynamic=True: one kernel serves every layer width N (T is specialised, it is a loop).
+_KERNELS = KernelSet(
+    "fused LIF",
+    "using eager ops",
+    {"forward": _lif_forward, "backward": _lif_backward},
+    dynamic=True,
+)
 
 
-@functools.cache
-def compiler_available() -> bool:
-    """True when TorchInductor can build CPU kernels here (it needs a C++ compiler). Looked up
-    once per process: the kernels ask on every call, and a PATH search costs ~0.1 ms."""
-    return any(shutil.which(cc) for cc in ("g++", "c++", "clang++"))
-
-
-def _kernels(compiled: bool) -> tuple[Callable, Callable]:
-    if compiled and not compiler_available():
-        compiled = False
-    if compiled not in _KERNELS:
-        # dynamic=True: one kernel serves every layer width N (T is specialised, it is a loop).
-        _KERNELS[compiled] = (
-            torch.compile(_lif_forward, dynamic=True, fullgraph=True),
-            torch.compile(_lif_backward, dynamic=True, fullgraph=True),
-        )
-    return _KERNELS[compiled]
-
-
-@contextlib.contextmanager
-def recompile_room() -> Iterator[None]:
-    """Dynamo compiles one variant per T, flag set and dtype; a process that trains several
-    models (a test run, a benchmark over backbones) exceeds its default limit of 8 variants.
-    A higher limit set by the user is kept."""
-    config = torch._dynamo.config
-    before = config.recompile_limit
-    config.recompile_limit = max(before, 64)
-    try:
-        yield
-    finally:
-        config.recompile_limit = before
+def _run(name: str, compiled: bool, *args):
+    """The TorchInductor build of a kernel where ``compiled`` (eager after a failed build),
+    else the eager loop."""
+    return _KERNELS(name, *args) if compiled else _KERNELS.eager[name](*args)
 
 
 class _FusedLIF(torch.autograd.Function):
@@ -143,17 +119,7 @@ class _FusedLIF(torch.autograd.Function):
         tau, v_th, v_reset, alpha = params
         save_dtype = torch.bfloat16 if flags[3] else torch.float32
         args = (x, v, tau, v_th, v_reset, *flags[:2], save_dtype)
-        try:
-            with recompile_room():
-                spikes, z, v_last = _kernels(compiled)[0](*args)
-        except Exception as error:  # a broken toolchain must not stop training: run eager
-            if not compiled:
-                raise
-            warnings.warn(
-                f"fused LIF: TorchInductor build failed ({error}); using eager ops", stacklevel=2
-            )
-            _KERNELS[True] = _KERNELS[False]
-            spikes, z, v_last = _lif_forward(*args)
+        spikes, z, v_last = _run("forward", compiled, *args)
         ctx.save_for_backward(z, tau, alpha)
         ctx.grad_dtype = x.dtype
         ctx.flags = flags
@@ -163,23 +129,23 @@ class _FusedLIF(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_spikes, grad_v):
-        _, backward_kernel = _kernels(ctx.compiled)
         z, tau, alpha = ctx.saved_tensors
         if grad_spikes is None:
             grad_spikes = torch.zeros(z.shape, dtype=torch.float32, device=z.device)
         decay_input, hard_reset, surrogate_id, _ = ctx.flags
-        with recompile_room():
-            grad_x, grad_v0 = backward_kernel(
-                grad_spikes,
-                grad_v,
-                z,
-                tau,
-                alpha,
-                decay_input,
-                hard_reset,
-                surrogate_id,
-                ctx.grad_dtype,
-            )
+        grad_x, grad_v0 = _run(
+            "backward",
+            ctx.compiled,
+            grad_spikes,
+            grad_v,
+            z,
+            tau,
+            alpha,
+            decay_input,
+            hard_reset,
+            surrogate_id,
+            ctx.grad_dtype,
+        )
         return grad_x, grad_v0, None, None, None
 
 

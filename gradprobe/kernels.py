@@ -8,12 +8,34 @@ one run the eager function, which computes the same thing.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import shutil
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 
-from gradprobe.fused_lif import compiler_available, recompile_room
+
+@functools.cache
+def compiler_available() -> bool:
+    """True when TorchInductor can build CPU kernels here (it needs a C++ compiler). Looked up
+    once per process: the kernels ask on every call, and a PATH search costs ~0.1 ms."""
+    return any(shutil.which(cc) for cc in ("g++", "c++", "clang++"))
+
+
+@contextlib.contextmanager
+def recompile_room() -> Iterator[None]:
+    """Dynamo compiles one variant per shape or T, flag set and dtype; a process that trains
+    several models (a test run, a benchmark over backbones) exceeds its default limit of 8
+    variants. A higher limit set by the user is kept."""
+    config = torch._dynamo.config
+    before = config.recompile_limit
+    config.recompile_limit = max(before, 64)
+    try:
+        yield
+    finally:
+        config.recompile_limit = before
 
 
 class KernelSet:

@@ -5,8 +5,7 @@ import torch
 from spikingjelly.activation_based import functional, layer
 
 from gradprobe import cl_pool, fast
-from gradprobe.fused_lif import compiler_available
-from gradprobe.kernels import KernelSet
+from gradprobe.kernels import KernelSet, compiler_available
 from gradprobe.models import create_model
 
 needs_compiler = pytest.mark.skipif(not compiler_available(), reason="needs a C++ compiler")

@@ -13,7 +13,8 @@ from spikingjelly.activation_based import functional, neuron
 
 from gradprobe import cl_pool, fast
 from gradprobe.downsample import list_downsamples
-from gradprobe.fused_lif import FusedLIFNode, compiler_available
+from gradprobe.fused_lif import FusedLIFNode
+from gradprobe.kernels import compiler_available
 from gradprobe.models import create_model, list_models
 from gradprobe.models.layers import SpikingTransformer
 from gradprobe.neuron import LoopLIFNode, NeuronConfig, is_spiking_neuron, make_neuron
@@ -122,6 +123,31 @@ def test_fused_lif_carries_state_across_calls() -> None:
     x = torch.rand(2, 3, 7) * 2
     for _ in range(3):  # no reset: v carries over between calls
         assert torch.equal(loop(x), fused(x))
+
+
+def test_fused_lif_failed_build_warns_and_runs_eager(
+    monkeypatch: pytest.MonkeyPatch, broken_kernels
+) -> None:
+    """A TorchInductor failure warns once, this call's spikes and gradients are still the
+    loop's, and later calls (backward included) run the eager kernels."""
+    from gradprobe import fused_lif
+
+    kernels = broken_kernels(fused_lif)
+    monkeypatch.setattr("gradprobe.kernels.compiler_available", lambda: True)
+    fused = make_neuron(NeuronConfig())
+    fused.__class__ = FusedLIFNode
+    fused.compiled = True
+    loop = make_neuron(NeuronConfig(kernel="loop"))
+    x = (torch.rand(4, 3, 5) * 2).requires_grad_()
+    with pytest.warns(UserWarning, match="fused LIF: TorchInductor build failed"):
+        out = fused(x)
+    assert kernels.broken and not kernels.available()
+    out.sum().backward()
+    ref_x = x.detach().requires_grad_()
+    ref = loop(ref_x)
+    ref.sum().backward()
+    assert torch.equal(out, ref)
+    torch.testing.assert_close(x.grad, ref_x.grad)
 
 
 def test_fused_lif_backward_builds_no_zero_state_gradient(zeros_made) -> None:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from gradprobe import fast, rows_bn
-from gradprobe.fused_lif import compiler_available
+from gradprobe.kernels import compiler_available
 from gradprobe.models import create_model
 
 pytestmark = pytest.mark.skipif(not compiler_available(), reason="needs a C++ compiler")
