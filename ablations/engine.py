@@ -312,6 +312,7 @@ def fit(cfg: DictConfig, record: RunRecord, device: torch.device, dist: Dist, T:
     step["fused_optimizer"] = bool(optimizer.defaults.get("fused"))
     step["retained_memory"] = plan.retained_memory
     step["channels_last_pools"] = plan.channels_last_pools
+    step["sparse_token_matmul"] = plan.sparse_token_matmul
     record.start(OmegaConf.to_yaml(cfg, resolve=True), str(device), step)
     record.update(history, probe_rows)
     log.info(
@@ -327,7 +328,7 @@ def fit(cfg: DictConfig, record: RunRecord, device: torch.device, dist: Dist, T:
         device,
     )
     log.info(
-        "%s: trainer.mode=%s, LIF kernel %s (%d neurons), %s, %s gradient operands%s%s%s%s",
+        "%s: trainer.mode=%s, LIF kernel %s (%d neurons), %s, %s gradient operands%s%s%s%s%s",
         record.run_id,
         plan.mode,
         plan.lif_kernel,
@@ -337,6 +338,7 @@ def fit(cfg: DictConfig, record: RunRecord, device: torch.device, dist: Dist, T:
         ", exact" if plan.exact else "",
         ", freed CPU memory retained" if plan.retained_memory else "",
         ", channels-last max-pools" if plan.channels_last_pools else "",
+        ", sparse token matmuls" if plan.sparse_token_matmul else "",
         f", fused {type(optimizer).__name__}" if step["fused_optimizer"] else "",
     )
     writer = None

@@ -19,8 +19,9 @@ eval steps, so that each process repeats one kind of step. Medians are reported 
 fast / reference.
 
 The fast mode is `gradprobe.fast.configure`'s default. On CPU its forward is reference mode's
-bit for bit (fused LIF kernel, the same matmul and convolution calls, token BatchNorm over
-contiguous rows with reference mode's statistics); where the CPU has bfloat16 dot products the
+bit for bit (fused LIF kernel, the same convolution calls, token matmuls that skip zero inputs
+and sum the rest in MKL's order (`gradprobe.sparse_linear`), token BatchNorm over contiguous
+rows with reference mode's statistics); where the CPU has bfloat16 dot products the
 backward's convolutions and token matmuls take bfloat16 operands and the LIFs save their
 surrogate input in bfloat16; the fast worker's glibc keeps freed memory for reuse
 (`gradprobe.allocator`, as the harness does in fast mode), while the reference worker runs under
@@ -37,6 +38,11 @@ as in the harness (``trainer.cuda_graph=auto``), one replayed CUDA graph of all 
 (`gradprobe.fast.CUDAGraphStep`, captured during the warm-up; ``--cuda-graph off`` times the
 eager fast step instead). An eval step is reset_net → forward under ``torch.inference_mode`` in
 eval mode, eager in both modes.
+
+The token matmuls' speed depends on how many of their inputs are zero, so the footer reports
+the mean fraction of nonzero inputs of the token Linears in one forward of the benchmark batch
+(at the benchmark's initialisation; trained networks fire at their own rates) and the share of
+calls that skipped zeros.
 
 Model FLOP utilisation (MFU): the FLOPs of one train step are counted once with
 ``torch.utils.flop_counter.FlopCounterMode`` on the reference-mode formulation (convolutions and
@@ -75,7 +81,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-from gradprobe import allocator, fast
+from gradprobe import allocator, fast, sparse_linear
 from gradprobe.downsample import list_downsamples
 from gradprobe.models import create_model, list_models
 
@@ -457,6 +463,9 @@ def measure(name: str, downsample: str, args: argparse.Namespace) -> dict:
     row["fused_adamw_fast"] = bench.fused_adamw
     row["retained_memory_fast"] = device.type == "cpu" and allocator.available()
     row["pools_fast"] = "channels-last" if plan.channels_last_pools else "plain"
+    row["sparse_matmul_fast"] = plan.sparse_token_matmul
+    if plan.sparse_token_matmul:
+        row["token_nonzero_fast"], row["sparse_share_fast"] = token_inputs(bench)
     if bench.device.type != "cpu":
         row["token_bn_fast"] = "model's own"
     elif plan.exact or plan.lif_kernel != "fused-inductor":
@@ -464,6 +473,35 @@ def measure(name: str, downsample: str, args: argparse.Namespace) -> dict:
     else:
         row["token_bn_fast"] = "rows (reference statistics)"
     return row
+
+
+def token_inputs(bench: Bench) -> tuple[float, float]:
+    """The mean fraction of nonzero inputs of fast mode's token Linears in one training-mode
+    forward of the benchmark batch, and the share of those calls `gradprobe.sparse_linear`
+    served sparse (the rest were too dense, or their shape kept MKL)."""
+    densities = []
+
+    def record(module, args):
+        densities.append(torch.count_nonzero(args[0]).item() / args[0].numel())
+
+    bench.use("fast")
+    bench.model.train()
+    hooks = [
+        m.register_forward_pre_hook(record)
+        for m in bench.model.modules()
+        if isinstance(m, fast.FastPointwiseBN) and m.kind == "linear"
+    ]
+    before = sparse_linear.stats.copy()
+    try:
+        with torch.no_grad():  # the forward's token Linears take the same route either way
+            functional.reset_net(bench.model)
+            bench.model(bench.images)
+            functional.reset_net(bench.model)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    calls = sparse_linear.stats - before
+    return statistics.mean(densities), calls["sparse"] / max(1, calls.total())
 
 
 def _print_row(row: dict) -> None:
@@ -571,6 +609,12 @@ def main(argv: list[str] | None = None) -> pd.DataFrame | None:
         f"\nfast path: {first['kernel_fast']} LIF kernel, {first['grad_precision_fast']} gradient "
         f"operands, {first['token_bn_fast']} token BatchNorm, "
         f"{first['step_fast']} train step, {first['pools_fast']} max-pools"
+        + (
+            f", sparse token matmuls ({first['sparse_share_fast']:.0%} of calls; inputs "
+            f"{first['token_nonzero_fast']:.1%} nonzero)"
+            if first.get("sparse_matmul_fast")
+            else ""
+        )
         + (", fused AdamW" if first["fused_adamw_fast"] else "")
         + (", freed memory retained (glibc)" if first["retained_memory_fast"] else "")
         + f"; load average at end {os.getloadavg()}"

@@ -66,7 +66,7 @@ import torch
 from spikingjelly.activation_based import functional, layer, neuron
 from torch import nn
 
-from gradprobe import allocator, cl_pool, rows_bn
+from gradprobe import allocator, cl_pool, rows_bn, sparse_linear
 from gradprobe.fused_lif import FusedLIFNode
 from gradprobe.kernels import compiler_available
 from gradprobe.models.layers import PointwiseBN, SpikingTransformer
@@ -99,6 +99,9 @@ class StepPlan:
             (`gradprobe.allocator.retain_freed_memory`), set by fast mode on CPU.
         channels_last_pools: Whether the model's max-pools pool through channels-last memory
             (`gradprobe.cl_pool`; fast mode on CPU, with TorchInductor).
+        sparse_token_matmul: Whether the token Linears' forward skips zero inputs with
+            `gradprobe.sparse_linear` (the same bits; fast mode on CPU with a C++ toolchain,
+            for models with token Linears: Spikformer CIFAR).
     """
 
     mode: str
@@ -111,6 +114,7 @@ class StepPlan:
     grad_precision: str = "fp32"
     retained_memory: bool = False
     channels_last_pools: bool = False
+    sparse_token_matmul: bool = False
 
     def autocast(self, cache: bool = True) -> contextlib.AbstractContextManager:
         """Context for forward + loss (a no-op in float32); ``cache=False`` while capturing a
@@ -146,10 +150,12 @@ class _TokenLinear(torch.autograd.Function):
     beat the bfloat16 convolution by skipping its layout reorders."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, bf16_grads=False):
+    def forward(ctx, x, weight, bias, bf16_grads=False, sparse=False):
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
         ctx.bf16 = bf16_grads
+        if sparse:  # the same bits, zero inputs skipped
+            return sparse_linear.linear(x, weight, bias)
         return torch.nn.functional.linear(x, weight, bias)
 
     @staticmethod
@@ -167,7 +173,7 @@ class _TokenLinear(torch.autograd.Function):
                 gw = torch.mm(g2.t(), x.reshape(M * N, C).to(torch.bfloat16)).float()
             if bias_grad:  # summed in float32
                 gb = grad_y.sum((0, 1))
-            return gx, gw, gb, None
+            return gx, gw, gb, None, None
         grad_y = grad_y.contiguous()
         # [M, N, C] memory read as a channels-last [M, C, N, 1] map: no copy.
         x4 = x.view(M, N, 1, C).permute(0, 3, 1, 2)
@@ -178,7 +184,7 @@ class _TokenLinear(torch.autograd.Function):
         )
         gx = gx.permute(0, 2, 3, 1).reshape(M, N, C) if gx is not None else None
         gw = gw.reshape(out, C) if gw is not None else None
-        return gx, gw, gb, None
+        return gx, gw, gb, None, None
 
 
 class _Conv(torch.autograd.Function):
@@ -281,6 +287,7 @@ class FastPointwiseBN(PointwiseBN):
     exact: bool = True
     bf16_grads: bool = False
     compiled: bool = False
+    sparse: bool = False
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         proj, bn = self.proj, self.bn
@@ -298,10 +305,13 @@ class FastPointwiseBN(PointwiseBN):
         T, B, C, H, W = x_seq.shape
         # [T·B, N, C] tokens: a view when x_seq is channels-last (a FastPointwiseBN output)
         tokens = x_seq.flatten(3).transpose(-1, -2).reshape(T * B, H * W, C)
-        if autocast or not grad:
+        if autocast:
             y = torch.nn.functional.linear(tokens, proj.weight, proj.bias)
+        elif not grad:
+            linear = sparse_linear.linear if self.sparse else torch.nn.functional.linear
+            y = linear(tokens, proj.weight, proj.bias)
         else:
-            y = _TokenLinear.apply(tokens, proj.weight, proj.bias, self.bf16_grads)
+            y = _TokenLinear.apply(tokens, proj.weight, proj.bias, self.bf16_grads, self.sparse)
         rows = y.view(-1, y.shape[-1])  # [T·B·N, C']
         if not (bn._forward_hooks or bn._forward_pre_hooks):
             if autocast:
@@ -324,9 +334,10 @@ def set_pointwise(
     exact: bool = True,
     bf16_grads: bool = False,
     compiled: bool = False,
+    sparse: bool = False,
 ) -> int:
     """Switch every `PointwiseBN` between its own class and `FastPointwiseBN` (with ``exact``,
-    ``bf16_grads`` and ``compiled``)."""
+    ``bf16_grads``, ``compiled`` and ``sparse``)."""
     target = FastPointwiseBN if fast_kind else PointwiseBN
     count = 0
     for module in model.modules():
@@ -336,6 +347,7 @@ def set_pointwise(
                 ("exact", exact),
                 ("bf16_grads", bf16_grads),
                 ("compiled", compiled),
+                ("sparse", sparse),
             ):
                 if fast_kind:
                     setattr(module, name, value)
@@ -453,7 +465,7 @@ def configure(
         set_pointwise(model, False)
         set_convs(model, False)
         cl_pool.set_max_pools(model, False)
-        pools = False
+        pools = sparse = False
         set_token_stream(model, False)
         layout = install_reference_forwards(model)
         amp_dtype = torch.float16 if (amp and on_cuda) else None
@@ -466,7 +478,16 @@ def configure(
         bf16_grads = not (on_cuda or exact) and cpu_has_native_bf16()
         count = set_lif_kernel(model, "fused", compiled=compiled, bf16_margin=bf16_grads)
         remove_reference_forwards(model)
-        set_pointwise(model, not on_cuda, exact=exact, bf16_grads=bf16_grads, compiled=compiled)
+        linears = [m for m in model.modules() if isinstance(m, PointwiseBN) and m.kind == "linear"]
+        sparse = bool(linears) and compiled and sparse_linear.available()  # builds on first use
+        set_pointwise(
+            model,
+            not on_cuda,
+            exact=exact,
+            bf16_grads=bf16_grads,
+            compiled=compiled,
+            sparse=sparse,
+        )
         set_token_stream(model, not (on_cuda or exact))
         set_convs(model, bf16_grads)
         switched = cl_pool.set_max_pools(model, not on_cuda)  # on CUDA: back to plain pools
@@ -489,6 +510,7 @@ def configure(
         grad_precision="bf16" if bf16_grads else "fp32",
         retained_memory=allocator.is_retained(),
         channels_last_pools=pools,
+        sparse_token_matmul=sparse,
     )
 
 

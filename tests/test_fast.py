@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from spikingjelly.activation_based import functional, neuron
 
-from gradprobe import cl_pool, fast
+from gradprobe import cl_pool, fast, sparse_linear
 from gradprobe.downsample import list_downsamples
 from gradprobe.fused_lif import FusedLIFNode
 from gradprobe.kernels import compiler_available
@@ -41,6 +41,9 @@ def tiny(name: str, variant: str, T: int = 2) -> torch.nn.Module:
     else:
         sizes = {}
     return create_model(name, downsample=variant, T=T, num_classes=10, **sizes).train()
+
+
+AVX512 = torch.backends.cpu.get_cpu_capability() in ("AVX512", "AVX512_BF16", "AMX")
 
 
 def same_spikes(ref: torch.Tensor, ours: torch.Tensor) -> bool:
@@ -245,11 +248,23 @@ def test_full_size_fast_path_agrees_with_reference_mode(variant: str) -> None:
     fast.configure(model, "reference", device="cpu")
     loss_ref, spikes_ref, _ = step(model, x, y)
     plan = fast.configure(model, "fast", device="cpu")
+    before = sparse_linear.stats.copy()
     loss_fast, spikes_fast, _ = step(model, x, y)
     if plan.lif_kernel == "fused-inductor":  # the rows BatchNorm ran (it needs the compiler)
         assert all(m.compiled for m in model.modules() if isinstance(m, fast.FastPointwiseBN))
+        assert plan.sparse_token_matmul is sparse_linear.available()
+    if plan.sparse_token_matmul and AVX512:  # MKL's order is reproduced there: zeros skipped
+        assert (sparse_linear.stats - before)["sparse"] > 0
     assert loss_fast == loss_ref
     assert all(map(same_spikes, spikes_ref, spikes_fast))
+    # eval (running statistics, no autograd): the same logits too
+    model.eval()
+    with torch.no_grad():
+        functional.reset_net(model)
+        logits_fast = model(x)
+        fast.configure(model, "reference", device="cpu")
+        functional.reset_net(model)
+        assert torch.equal(model(x), logits_fast)
 
 
 def test_bf16_gradient_operands(monkeypatch: pytest.MonkeyPatch) -> None:
