@@ -147,13 +147,16 @@ class _TokenLinear(torch.autograd.Function):
     """``F.linear`` on contiguous tokens ``[M, N, C]``. Backward in float32 as a oneDNN 1x1
     convolution backward (up to 1.5x faster than MKL's sgemm); with ``bf16_grads`` as two
     bfloat16 matmuls (oneDNN: float32 accumulation, bfloat16 results widened to float32), which
-    beat the bfloat16 convolution by skipping its layout reorders."""
+    beat the bfloat16 convolution by skipping its layout reorders. With ``sparse`` the forward
+    skips zero inputs (`gradprobe.sparse_linear.linear`, the same bits) and so does the weight
+    gradient where few inputs are nonzero (`gradprobe.sparse_linear.weight_grad`, float32)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, bf16_grads=False, sparse=False):
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
         ctx.bf16 = bf16_grads
+        ctx.sparse = sparse
         if sparse:  # the same bits, zero inputs skipped
             return sparse_linear.linear(x, weight, bias)
         return torch.nn.functional.linear(x, weight, bias)
@@ -164,12 +167,15 @@ class _TokenLinear(torch.autograd.Function):
         M, N, C = x.shape
         out = weight.shape[0]
         bias_grad = ctx.has_bias and ctx.needs_input_grad[2]
+        gw = None
+        if ctx.sparse and ctx.needs_input_grad[1]:  # float32 sums over nonzero inputs
+            gw = sparse_linear.weight_grad(x.reshape(M * N, C), grad_y.reshape(M * N, out))
         if ctx.bf16:
             g2 = grad_y.reshape(M * N, out).to(torch.bfloat16)
-            gx = gw = gb = None
+            gx = gb = None
             if ctx.needs_input_grad[0]:
                 gx = torch.mm(g2, weight.to(torch.bfloat16)).float().view(M, N, C)
-            if ctx.needs_input_grad[1]:
+            if ctx.needs_input_grad[1] and gw is None:
                 gw = torch.mm(g2.t(), x.reshape(M * N, C).to(torch.bfloat16)).float()
             if bias_grad:  # summed in float32
                 gb = grad_y.sum((0, 1))
@@ -178,12 +184,13 @@ class _TokenLinear(torch.autograd.Function):
         # [M, N, C] memory read as a channels-last [M, C, N, 1] map: no copy.
         x4 = x.view(M, N, 1, C).permute(0, 3, 1, 2)
         g4 = grad_y.view(M, N, 1, out).permute(0, 3, 1, 2)
-        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias_grad]
-        gx, gw, gb = torch.ops.aten.convolution_backward(
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1] and gw is None, bias_grad]
+        gx, gw_conv, gb = torch.ops.aten.convolution_backward(
             g4, x4, weight[:, :, None, None], [out], [1, 1], [0, 0], [1, 1], False, [0, 0], 1, mask
         )
         gx = gx.permute(0, 2, 3, 1).reshape(M, N, C) if gx is not None else None
-        gw = gw.reshape(out, C) if gw is not None else None
+        if gw_conv is not None:
+            gw = gw_conv.reshape(out, C)
         return gx, gw, gb, None, None
 
 

@@ -134,3 +134,46 @@ def test_a_failed_build_warns_once_and_keeps_f_linear(monkeypatch) -> None:
     finally:
         monkeypatch.undo()
         sparse_linear._module.cache_clear()
+
+
+@needs_kernel
+@pytest.mark.parametrize(("rows", "k", "n"), [(1024, 1536, 384), (300, 70, 37)])
+def test_weight_grad_sums_the_nonzero_inputs_in_float32(rows, k, n) -> None:
+    x = tokens((rows, k), 0.03, top=2)
+    g = torch.randn(rows, n, generator=torch.Generator().manual_seed(4))
+    before = sparse_linear.stats["grad_sparse"]
+    got = sparse_linear.weight_grad(x, g)
+    assert sparse_linear.stats["grad_sparse"] == before + 1
+    assert got.shape == (n, k) and got.dtype == torch.float32 and got.is_contiguous()
+    want = g.double().t() @ x.double()
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+    # dense inputs are left to the caller's matmul
+    assert sparse_linear.weight_grad(tokens((rows, k), 0.5), g) is None
+
+
+@needs_kernel
+@pytest.mark.parametrize("bf16_grads", [False, True])
+def test_sparse_token_linear_forward_bits_and_gradients(bf16_grads: bool) -> None:
+    """`gradprobe.fast._TokenLinear` with ``sparse``: the forward is ``F.linear``'s bits; the
+    gradients are the float32 (or bfloat16-operand) backward's, the weight's from the kernel."""
+    from gradprobe import fast
+
+    x = tokens((16, 64, 384), 0.03)  # spikes from the MLP's hidden LIF: few fire
+    gen = torch.Generator().manual_seed(5)
+    weight, bias = torch.randn(96, 384, generator=gen) * 0.05, torch.randn(96, generator=gen)
+    grad = torch.randn(16, 64, 96, generator=gen)
+    leaves = [t.clone().requires_grad_() for t in (x, weight, bias)]
+    before = sparse_linear.stats.copy()
+    out = fast._TokenLinear.apply(*leaves, bf16_grads, True)
+    assert torch.equal(out, F.linear(x, weight, bias))
+    out.backward(grad)
+    calls = sparse_linear.stats - before
+    assert calls["grad_sparse"] == 1
+    want = [t.double().requires_grad_() for t in (x, weight, bias)]
+    F.linear(*want).backward(grad.double())
+    # the weight's gradient: float32 sums either way; the input's: bfloat16 operands or not
+    torch.testing.assert_close(leaves[1].grad.double(), want[1].grad, rtol=1e-5, atol=1e-5)
+    rtol = 2**-7 if bf16_grads else 1e-5
+    scale = want[0].grad.abs().max().item()
+    torch.testing.assert_close(leaves[0].grad.double(), want[0].grad, rtol=rtol, atol=rtol * scale)
+    torch.testing.assert_close(leaves[2].grad.double(), want[2].grad, rtol=1e-5, atol=1e-4)
