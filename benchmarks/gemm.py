@@ -9,7 +9,8 @@ reference mode and the official code run) against oneDNN's 1x1 convolution on th
 oneDNN's float32 result equals MKL's bit for bit (the forward must keep MKL's rounding). Stem
 convolutions (3x3, forward + backward): float32 against bfloat16 operands (`gradprobe.fast._Conv`'s
 backward). Sparse token matmuls: `gradprobe.sparse_linear`'s kernel against MKL by fraction of
-nonzero inputs, and whether its result is MKL's bit for bit.
+nonzero inputs, and whether its result is MKL's bit for bit; its weight gradient against the
+bfloat16 matmul of the fast backward.
 Token BatchNorms: on the references' transposed view against contiguous rows
 (`gradprobe.fast.FastPointwiseBN` unless ``exact``). The downsampling sites' max-pools, on
 real-valued maps (CML) and on spikes: ATen's NCHW kernel against `gradprobe.cl_pool`'s
@@ -96,6 +97,40 @@ def sparse_token_matmuls(repeats: int) -> None:
                 f"  [{m} x {k}] x [{k} x {n}]".ljust(40)
                 + f"{density:6.0%}  {dense * 1e3:8.2f}  {sparse * 1e3:8.2f}   "
                 + f"sparse/MKL time {sparse / dense:.2f}x, bit-equal: {'yes' if same else 'no'}"
+            )
+
+
+def sparse_weight_grads(repeats: int) -> None:
+    """`gradprobe.sparse_linear.weight_grad` against the bfloat16 matmul it replaces in
+    `gradprobe.fast._TokenLinear`'s backward (operand casts included), by fraction of nonzero
+    inputs; with each one's error against a float64 product."""
+    from gradprobe import sparse_linear
+
+    if not sparse_linear.available():
+        return
+    print("sparse weight gradient g^T x [M x N]^T [M x K]  nonzero  bf16 mm ms  sparse ms")
+    gen = torch.Generator().manual_seed(1)
+
+    def bf16_mm(g, x):
+        return torch.mm(g.bfloat16().t(), x.bfloat16()).float()
+
+    for m, k, n in [(4096, 384, 384), (4096, 384, 1536), (4096, 1536, 384)]:
+        g = torch.randn(m, n, generator=gen)
+        for density in (0.02, 0.05, 0.1, 0.2):
+            x = (torch.rand(m, k, generator=gen) < density).float()
+            dense = seconds(bf16_mm, (g, x), repeats)
+            # the kernel itself, past the density switch (which leaves dense inputs to the mm)
+            sparse = seconds(sparse_linear._module().sparse_weight_grad, (x, g), repeats)
+            want = g.double().t() @ x.double()
+            errors = [
+                ((got.double() - want).norm() / want.norm()).item()
+                for got in (bf16_mm(g, x), sparse_linear._module().sparse_weight_grad(x, g).t())
+            ]
+            print(
+                f"  [{m} x {n}]^T [{m} x {k}]".ljust(46)
+                + f"{density:6.0%}  {dense * 1e3:9.2f}  {sparse * 1e3:9.2f}   "
+                + f"sparse/bf16 time {sparse / dense:.2f}x, relative error "
+                + f"{errors[0]:.1e} (bf16) / {errors[1]:.1e} (sparse)"
             )
 
 
@@ -190,6 +225,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     token_matmuls(args.repeats)
     sparse_token_matmuls(args.repeats)
+    sparse_weight_grads(args.repeats)
     stem_convolutions(args.repeats)
     token_batch_norms(args.repeats)
     max_pools(args.repeats)
