@@ -146,11 +146,15 @@ torch::Tensor sparse_linear(torch::Tensor x, torch::Tensor wt, torch::Tensor bia
   constexpr int NC = 128;  // outputs per accumulator set: 8 AVX-512 registers
   constexpr int64_t TM = 32;  // rows per tile: a tile reuses each block of weights from cache
   const int64_t stride = kc + 16;
-  at::parallel_for(0, (M + TM - 1) / TM, 1, [&](int64_t t0, int64_t t1) {
+  const int64_t tiles = (M + TM - 1) / TM;
+  // tiles dealt round-robin: spike density drifts along the rows (time steps, tokens)
+  const int64_t workers = std::min<int64_t>(at::get_num_threads(), tiles);
+  at::parallel_for(0, workers, 1, [&](int64_t w0, int64_t w1) {
     std::vector<int32_t> idx(TM * stride);
     std::vector<float> val(TM * stride);
     int cnt[TM];
-    for (int64_t tile = t0; tile < t1; ++tile) {
+    for (int64_t worker = w0; worker < w1; ++worker)
+    for (int64_t tile = worker; tile < tiles; tile += workers) {
       const int64_t m0 = tile * TM, rows = std::min(TM, M - m0);
       for (int64_t r = 0; r < rows; ++r)
         for (int64_t n = 0; n < N; ++n) O[(m0 + r) * N + n] = B ? B[n] : 0.f;
@@ -181,10 +185,16 @@ torch::Tensor sparse_weight_grad(torch::Tensor x, torch::Tensor g) {
   const float* X = x.data_ptr<float>();
   const float* G = g.data_ptr<float>();
   float* GT = gt.data_ptr<float>();
-  at::parallel_for(0, K, 16, [&](int64_t k0, int64_t k1) {
-    std::vector<int32_t> idx(k1 - k0 + 16);
-    std::vector<float> val(k1 - k0 + 16);
-    for (int64_t m = 0; m < M; ++m) {
+  constexpr int64_t KC = 16;  // inputs per slice; slices dealt round-robin to the threads
+  const int64_t slices = (K + KC - 1) / KC;
+  const int64_t workers = std::min<int64_t>(at::get_num_threads(), slices);
+  at::parallel_for(0, workers, 1, [&](int64_t w0, int64_t w1) {
+    std::vector<int32_t> idx(KC + 16);
+    std::vector<float> val(KC + 16);
+    for (int64_t worker = w0; worker < w1; ++worker)
+    for (int64_t m = 0; m < M; ++m)
+    for (int64_t slice = worker; slice < slices; slice += workers) {
+      const int64_t k0 = slice * KC, k1 = std::min(K, k0 + KC);
       const int cnt = nonzeros(X + m * K, k0, k1, idx.data(), val.data());
       const float* gr = G + m * N;
       for (int j = 0; j < cnt; ++j) {
@@ -292,9 +302,11 @@ def weight_grad(x2: torch.Tensor, g2: torch.Tensor) -> torch.Tensor | None:
 
 
 def density(x2: torch.Tensor, rows: int = 256) -> float:
-    """Fraction of nonzeros in ``[M, K]`` rows, estimated from ``rows`` evenly spaced rows
-    (a count over all of them would cost a third of the sparse matmul)."""
-    sample = x2[:: max(1, x2.shape[0] // rows)]
+    """Fraction of nonzeros in ``[M, K]`` rows, estimated from about ``rows`` evenly spaced
+    rows (a count over all of them would cost a third of the sparse matmul). The spacing is
+    odd, so that a sample of token rows visits every token position of a power-of-two grid
+    (border tokens fire less)."""
+    sample = x2[:: max(1, x2.shape[0] // rows) | 1]
     return torch.count_nonzero(sample).item() / max(1, sample.numel())
 
 
