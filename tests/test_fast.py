@@ -267,6 +267,27 @@ def test_full_size_fast_path_agrees_with_reference_mode(variant: str) -> None:
         assert torch.equal(model(x), logits_fast)
 
 
+def test_full_size_exact_fast_path_with_sparse_token_matmuls() -> None:
+    """``exact=True`` at full size with the compiled kernels: the token Linears skip zero inputs
+    forward (bit for bit) and in the weight gradient where few fire (float32 sums): the loss
+    and spikes are reference mode's, the gradients agree to float32 rounding."""
+    torch.manual_seed(0)
+    model = create_model("spikformer_4_384_cifar", downsample="maxpool_lif", T=4).train()
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    y = torch.arange(4) % 10
+    fast.configure(model, "reference", device="cpu")
+    loss_ref, spikes_ref, grads_ref = step(model, x, y)
+    plan = fast.configure(model, "fast", device="cpu", exact=True)
+    before = sparse_linear.stats.copy()
+    loss_fast, spikes_fast, grads_fast = step(model, x, y)
+    calls = sparse_linear.stats - before
+    if plan.sparse_token_matmul and AVX512:
+        assert calls["sparse"] > 0 and calls["grad_sparse"] > 0
+    assert loss_fast == loss_ref
+    assert all(map(same_spikes, spikes_ref, spikes_fast))
+    assert_grads_close(grads_ref, grads_fast)
+
+
 def test_bf16_gradient_operands(monkeypatch: pytest.MonkeyPatch) -> None:
     """`_Conv` and `_TokenLinear` with bfloat16 operands: the float32 forward bit for bit; the
     gradients of float32 maths on the bfloat16-rounded operands, to bfloat16 rounding."""
