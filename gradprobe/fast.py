@@ -9,11 +9,13 @@
 * modules run their own forwards (broadcast input over T, no copy-back reshapes, attention as
   ``Q·(Kᵀ·V)``);
 * on CPU the token Linears (``PointwiseBN`` of kind ``"linear"``, Spikformer CIFAR) become
-  `FastPointwiseBN`: the forward is the same ``F.linear`` call on the same contiguous
-  ``[T·B, N, C]`` tokens as reference mode, and a float32 backward computes ``dX``, ``dW`` and
-  ``db`` as a 1x1 convolution backward in oneDNN: PyTorch's CPU ``mm`` is MKL's sgemm, and
-  oneDNN's 1x1 convolution on the same memory (a channels-last view, no copy) is up to 1.5x
-  faster on an AVX-512 CPU (``benchmarks/gemm.py``);
+  `FastPointwiseBN`: the forward computes reference mode's ``F.linear`` on the same contiguous
+  ``[T·B, N, C]`` tokens, from their nonzero entries alone where few are nonzero
+  (`gradprobe.sparse_linear`: the same fused multiply-adds in MKL's order, so the same bits;
+  with a C++ toolchain, else ``F.linear`` itself), and a float32 backward computes ``dX``,
+  ``dW`` and ``db`` as a 1x1 convolution backward in oneDNN: PyTorch's CPU ``mm`` is MKL's
+  sgemm, and oneDNN's 1x1 convolution on the same memory (a channels-last view, no copy) is up
+  to 1.5x faster on an AVX-512 CPU (``benchmarks/gemm.py``);
 * on CPU, unless ``exact=True``, Spikformer's residual stream is held in token memory order
   (``SpikingTransformer.token_stream``), so that the token Linears read it without a copy; the
   attention output and the stream's gradients keep that order too (no layout copies);
@@ -30,8 +32,10 @@
 * on CPU, unless ``exact=True``, on a CPU with bfloat16 dot products (AVX512-BF16, AMX): the
   backward of every convolution and token matmul takes bfloat16 operands (`_Conv`,
   `_TokenLinear`; oneDNN accumulates in float32 and rounds the results to bfloat16, which are
-  then widened to float32), 1.8-3.0x faster than float32 (``benchmarks/gemm.py``), and the
-  LIFs save their surrogate input ``H - V_th`` in bfloat16 (half the saved state). The forward
+  then widened to float32), 1.8-3.0x faster than float32 (``benchmarks/gemm.py``), a token
+  Linear whose input has few nonzeros sums its weight gradient over them in float32
+  (`gradprobe.sparse_linear.weight_grad`), and the LIFs save their surrogate input
+  ``H - V_th`` in bfloat16 (half the saved state). The forward
   is untouched: spikes and loss stay reference mode's bit for bit, and the tests hold gradients
   within 3 % per parameter tensor (``tests/test_fast.py``). ``exact=True`` keeps every gradient
   in float32 and every BatchNorm on reference mode's own kernels, backward included;
@@ -148,8 +152,10 @@ class _TokenLinear(torch.autograd.Function):
     convolution backward (up to 1.5x faster than MKL's sgemm); with ``bf16_grads`` as two
     bfloat16 matmuls (oneDNN: float32 accumulation, bfloat16 results widened to float32), which
     beat the bfloat16 convolution by skipping its layout reorders. With ``sparse`` the forward
-    skips zero inputs (`gradprobe.sparse_linear.linear`, the same bits) and so does the weight
-    gradient where few inputs are nonzero (`gradprobe.sparse_linear.weight_grad`, float32)."""
+    skips zero inputs (`gradprobe.sparse_linear.linear`, the same bits), and with
+    ``bf16_grads`` so does the weight gradient where few inputs are nonzero
+    (`gradprobe.sparse_linear.weight_grad`: float32 sums, more precise than the bfloat16
+    matmul; the float32 backward keeps oneDNN's, whose rounding ``exact`` runs reproduce)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, bf16_grads=False, sparse=False):
@@ -168,7 +174,7 @@ class _TokenLinear(torch.autograd.Function):
         out = weight.shape[0]
         bias_grad = ctx.has_bias and ctx.needs_input_grad[2]
         gw = None
-        if ctx.sparse and ctx.needs_input_grad[1]:  # float32 sums over nonzero inputs
+        if ctx.sparse and ctx.bf16 and ctx.needs_input_grad[1]:  # float32 sums over nonzeros
             gw = sparse_linear.weight_grad(x.reshape(M * N, C), grad_y.reshape(M * N, out))
         if ctx.bf16:
             g2 = grad_y.reshape(M * N, out).to(torch.bfloat16)
@@ -184,13 +190,12 @@ class _TokenLinear(torch.autograd.Function):
         # [M, N, C] memory read as a channels-last [M, C, N, 1] map: no copy.
         x4 = x.view(M, N, 1, C).permute(0, 3, 1, 2)
         g4 = grad_y.view(M, N, 1, out).permute(0, 3, 1, 2)
-        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1] and gw is None, bias_grad]
-        gx, gw_conv, gb = torch.ops.aten.convolution_backward(
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias_grad]
+        gx, gw, gb = torch.ops.aten.convolution_backward(
             g4, x4, weight[:, :, None, None], [out], [1, 1], [0, 0], [1, 1], False, [0, 0], 1, mask
         )
         gx = gx.permute(0, 2, 3, 1).reshape(M, N, C) if gx is not None else None
-        if gw_conv is not None:
-            gw = gw_conv.reshape(out, C)
+        gw = gw.reshape(out, C) if gw is not None else None
         return gx, gw, gb, None, None
 
 
