@@ -492,11 +492,11 @@ def token_inputs(bench: Bench) -> tuple[float, float]:
         if isinstance(m, fast.FastPointwiseBN) and m.kind == "linear"
     ]
     before = sparse_linear.stats.copy()
-    try:
-        with torch.no_grad():  # the forward's token Linears take the same route either way
-            functional.reset_net(bench.model)
-            bench.model(bench.images)
-            functional.reset_net(bench.model)
+    try:  # a train step's forward (autograd records: the train step's route), no backward
+        functional.reset_net(bench.model)
+        bench.model(bench.images)
+        functional.reset_net(bench.model)
+        bench.model.zero_grad(set_to_none=True)
     finally:
         for hook in hooks:
             hook.remove()

@@ -287,13 +287,15 @@ class FastPointwiseBN(PointwiseBN):
     """`PointwiseBN` whose ``"linear"`` kind (Spikformer CIFAR's tokens) runs fast on CPU.
 
     Same parameters and maths as `PointwiseBN`. The Linear runs on the ``[T·B, N, C]`` token
-    memory (a view of channels-last maps, no copy) with the backward of `_TokenLinear`; under CPU
-    autocast it is oneDNN's bfloat16 matmul. The BatchNorm runs on the contiguous
-    ``[T·B·N, C']`` rows with `gradprobe.rows_bn.rows_batch_norm`, whose output is reference
-    mode's (BN on the transposed view) bit for bit, 4x faster. ``exact`` (class attribute or
-    per instance) keeps reference mode's own kernels instead, backward included; so does the
-    absence of TorchInductor (``compiled`` false). Under CPU autocast BN runs on the rows with
-    ATen's kernel (bfloat16 is not held to reference mode's bits anyway).
+    memory (a view of channels-last maps, no copy) with the backward of `_TokenLinear`; with
+    ``sparse`` its forward (training and eval) skips zero inputs and keeps ``F.linear``'s bits
+    (`gradprobe.sparse_linear`); under CPU autocast it is oneDNN's bfloat16 matmul. The
+    BatchNorm runs on the contiguous ``[T·B·N, C']`` rows with
+    `gradprobe.rows_bn.rows_batch_norm`, whose output is reference mode's (BN on the transposed
+    view) bit for bit, 4x faster. ``exact`` (class attribute or per instance) keeps reference
+    mode's own BatchNorm kernel and float32 backward instead; so does the absence of
+    TorchInductor (``compiled`` false). Under CPU autocast BN runs on the rows with ATen's
+    kernel (bfloat16 is not held to reference mode's bits anyway).
     """
 
     exact: bool = True
@@ -311,7 +313,6 @@ class FastPointwiseBN(PointwiseBN):
             or not (x_seq.dtype == torch.float32 or (x_seq.dtype == torch.bfloat16 and autocast))
             or proj._forward_hooks
             or proj._forward_pre_hooks
-            or (self.exact and not (grad or autocast))
         ):
             return super().forward(x_seq)
         T, B, C, H, W = x_seq.shape

@@ -287,6 +287,16 @@ def test_full_size_exact_fast_path_with_sparse_token_matmuls() -> None:
     assert loss_fast == loss_ref
     assert all(map(same_spikes, spikes_ref, spikes_fast))
     assert_grads_close(grads_ref, grads_fast)
+    model.eval()  # eval (running statistics, no autograd): the same logits
+    with torch.no_grad():
+        functional.reset_net(model)
+        before = sparse_linear.stats.copy()
+        logits_fast = model(x)
+        if plan.sparse_token_matmul and AVX512:
+            assert (sparse_linear.stats - before)["sparse"] > 0
+        fast.configure(model, "reference", device="cpu")
+        functional.reset_net(model)
+        assert torch.equal(model(x), logits_fast)
 
 
 def test_bf16_gradient_operands(monkeypatch: pytest.MonkeyPatch) -> None:
