@@ -185,16 +185,10 @@ torch::Tensor sparse_weight_grad(torch::Tensor x, torch::Tensor g) {
   const float* X = x.data_ptr<float>();
   const float* G = g.data_ptr<float>();
   float* GT = gt.data_ptr<float>();
-  constexpr int64_t KC = 16;  // inputs per slice; slices dealt round-robin to the threads
-  const int64_t slices = (K + KC - 1) / KC;
-  const int64_t workers = std::min<int64_t>(at::get_num_threads(), slices);
-  at::parallel_for(0, workers, 1, [&](int64_t w0, int64_t w1) {
-    std::vector<int32_t> idx(KC + 16);
-    std::vector<float> val(KC + 16);
-    for (int64_t worker = w0; worker < w1; ++worker)
-    for (int64_t m = 0; m < M; ++m)
-    for (int64_t slice = worker; slice < slices; slice += workers) {
-      const int64_t k0 = slice * KC, k1 = std::min(K, k0 + KC);
+  at::parallel_for(0, K, 16, [&](int64_t k0, int64_t k1) {
+    std::vector<int32_t> idx(k1 - k0 + 16);
+    std::vector<float> val(k1 - k0 + 16);
+    for (int64_t m = 0; m < M; ++m) {
       const int cnt = nonzeros(X + m * K, k0, k1, idx.data(), val.data());
       const float* gr = G + m * N;
       for (int j = 0; j < cnt; ++j) {
