@@ -18,7 +18,7 @@ element must match); a shape for which no candidate matches keeps ``F.linear``.
 
 The backward can skip the zeros too: `weight_grad` sums a Linear's weight gradient
 ``gᵀ·x`` over the nonzero inputs alone, in float32 (more precise than the fast path's
-bfloat16 matmul, and 4-5x faster than it at 2 % nonzeros; the Spikformer MLP's second Linear
+bfloat16 matmul, and 3.5-5x faster than it at 2 % nonzeros; the Spikformer MLP's second Linear
 and the attention projection are there at initialisation).
 
 The kernels are C++ (AVX-512 intrinsics where the CPU has them, portable C++ otherwise), built
