@@ -11,7 +11,9 @@ a fixed order: the output starts as the bias, the input features are taken in bl
 (192 on an AVX-512 CPU), and each block's sum is accumulated with fused multiply-adds in
 feature order from zero, then added to the output. A zero input adds ``fma(0, w, acc) = acc``
 (signed zeros included), so the same fused multiply-adds over the nonzero inputs alone, in the
-same order and blocks, give the same result bit for bit. ``kc`` is not documented by MKL, so
+same order and blocks, give the same result bit for bit (for contiguous inputs: a strided one
+is multiplied as a transposed operand, in another order, and keeps ``F.linear``). ``kc`` is
+not documented by MKL, so
 `block_size` measures it: on first use for each shape it compares the kernel, for each
 candidate ``kc``, with ``F.linear`` itself on a random half-dense integer input (every output
 element must match); a shape for which no candidate matches keeps ``F.linear``.
@@ -54,7 +56,8 @@ MAX_GRAD_DENSITY = 0.08
 CANDIDATE_BLOCKS = (192, 256, 128, 384, 96, 512, 64, 1024, 48, 32)
 
 #: How calls were served since import: `linear`'s ``"sparse"``, ``"dense"`` (too dense),
-#: ``"unmatched"`` (no block size reproduces ``F.linear``) and ``"unavailable"``; `weight_grad`'s
+#: ``"strided"`` (a non-contiguous input), ``"unmatched"`` (no block size reproduces
+#: ``F.linear``) and ``"unavailable"``; `weight_grad`'s
 #: ``"grad_sparse"`` and ``"grad_dense"``.
 stats: Counter = Counter()
 
@@ -308,9 +311,10 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     """``F.linear(x, weight, bias)``, the same bits, skipping zero inputs where that is faster.
 
     Takes the kernel for float32 CPU tensors outside autograd (call it from a forward that
-    records its own backward, or under ``torch.no_grad``) whose input has at most
-    `MAX_DENSITY` nonzeros, once `block_size` has matched ``F.linear`` for the shape; any other
-    call is ``F.linear``. `stats` counts which way calls went.
+    records its own backward, or under ``torch.no_grad``) whose input is contiguous and has at
+    most `MAX_DENSITY` nonzeros, once `block_size` has matched ``F.linear`` for the shape; any
+    other call is ``F.linear`` (a strided input makes it multiply a transposed operand, which
+    sums in another order). `stats` counts which way calls went.
 
     Example:
         >>> x = (torch.rand(64, 48) < 0.1).float()
@@ -327,13 +331,16 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         and not torch.is_autocast_enabled("cpu")
     ):
         return F.linear(x, weight, bias)
+    if not x.is_contiguous():
+        # F.linear multiplies a strided input as a transposed operand, in an order the
+        # contiguous probe of `block_size` does not measure
+        stats["strided"] += 1
+        return F.linear(x, weight, bias)
     if not available():
         stats["unavailable"] += 1
         return F.linear(x, weight, bias)
     k = x.shape[-1]
-    x2 = x.reshape(-1, k)
-    if not x2.is_contiguous():
-        x2 = x2.contiguous()
+    x2 = x.view(-1, k)
     if x2.numel() == 0 or density(x2) > MAX_DENSITY:
         stats["dense"] += 1
         return F.linear(x, weight, bias)
