@@ -12,7 +12,8 @@
   `FastPointwiseBN`: the forward computes reference mode's ``F.linear`` on the same contiguous
   ``[T·B, N, C]`` tokens, from their nonzero entries alone where few are nonzero
   (`gradprobe.sparse_linear`: the same fused multiply-adds in MKL's order, so the same bits;
-  with a C++ toolchain, else ``F.linear`` itself), and a float32 backward computes ``dX``,
+  with a C++ toolchain and not ``exact``, else ``F.linear`` itself), and a float32 backward
+  computes ``dX``,
   ``dW`` and ``db`` as a 1x1 convolution backward in oneDNN: PyTorch's CPU ``mm`` is MKL's
   sgemm, and oneDNN's 1x1 convolution on the same memory (a channels-last view, no copy) is up
   to 1.5x faster on an AVX-512 CPU (``benchmarks/gemm.py``);
@@ -105,7 +106,7 @@ class StepPlan:
             (`gradprobe.cl_pool`; fast mode on CPU, with TorchInductor).
         sparse_token_matmul: Whether the token Linears' forward skips zero inputs with
             `gradprobe.sparse_linear` (the same bits; fast mode on CPU with a C++ toolchain,
-            for models with token Linears: Spikformer CIFAR).
+            unless exact, for models with token Linears: Spikformer CIFAR).
     """
 
     mode: str
@@ -445,8 +446,9 @@ def configure(
             ``"auto"`` does so when a C++ compiler is found.
         amp: On CUDA, autocast (bfloat16 in fast mode, float16 in reference mode). Ignored on
             CPU, where both modes run float32.
-        exact: Fast mode on CPU: every gradient in float32 and every BatchNorm on reference
-            mode's kernels (forward and backward). ``False`` (the default) gives the backward's
+        exact: Fast mode on CPU: every gradient in float32, every BatchNorm on reference
+            mode's kernels (forward and backward) and the residual stream in reference
+            mode's layout (so dense token matmuls). ``False`` (the default) gives the backward's
             convolutions and token matmuls bfloat16 operands on a CPU with native bfloat16 dot
             products: the forward (spikes, loss) stays reference mode's bit for bit and
             gradients agree within 3 % per parameter tensor (``tests/test_fast.py``).
@@ -492,7 +494,8 @@ def configure(
         count = set_lif_kernel(model, "fused", compiled=compiled, bf16_margin=bf16_grads)
         remove_reference_forwards(model)
         linears = [m for m in model.modules() if isinstance(m, PointwiseBN) and m.kind == "linear"]
-        sparse = bool(linears) and compiled and sparse_linear.available()  # builds on first use
+        # exact keeps the stream in NCHW order, whose strided tokens keep F.linear anyway
+        sparse = bool(linears) and compiled and not exact and sparse_linear.available()
         set_pointwise(
             model,
             not on_cuda,
