@@ -211,12 +211,10 @@ torch::Tensor sparse_weight_grad(torch::Tensor x, torch::Tensor g) {
 }
 """
 
-_FLAGS = {
-    "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma"],
-    "AVX512_BF16": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma"],
-    "AMX": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma"],
-    "AVX2": ["-mavx2", "-mfma"],
-}
+_AVX512 = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma"]
+#: Instruction-set flags by ATen's CPU capability (the build is named after it, so machines
+#: sharing a cache directory never load one another's build).
+_FLAGS = {"AVX512": _AVX512, "AVX512_BF16": _AVX512, "AMX": _AVX512, "AVX2": ["-mavx2", "-mfma"]}
 
 
 def _capability() -> str:

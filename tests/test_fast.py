@@ -235,6 +235,18 @@ def test_default_fast_path_agrees_with_reference_mode(
     assert_grads_close_bf16(grads_ref, grads_fast)
 
 
+def assert_eval_matches_reference(model: torch.nn.Module, x: torch.Tensor) -> None:
+    """The model's eval logits in its current (fast) mode equal reference mode's, bit for bit;
+    leaves the model in reference mode."""
+    model.eval()
+    with torch.no_grad():
+        functional.reset_net(model)
+        logits_fast = model(x)
+        fast.configure(model, "reference", device="cpu")
+        functional.reset_net(model)
+        assert torch.equal(model(x), logits_fast)
+
+
 @pytest.mark.parametrize("variant", ["lif_maxpool", "maxpool_lif"])
 def test_full_size_fast_path_agrees_with_reference_mode(variant: str) -> None:
     """Spikformer-4-384 at T=4 on 8 images, the default fast path with its compiled kernels
@@ -257,14 +269,7 @@ def test_full_size_fast_path_agrees_with_reference_mode(variant: str) -> None:
         assert (sparse_linear.stats - before)["sparse"] > 0
     assert loss_fast == loss_ref
     assert all(map(same_spikes, spikes_ref, spikes_fast))
-    # eval (running statistics, no autograd): the same logits too
-    model.eval()
-    with torch.no_grad():
-        functional.reset_net(model)
-        logits_fast = model(x)
-        fast.configure(model, "reference", device="cpu")
-        functional.reset_net(model)
-        assert torch.equal(model(x), logits_fast)
+    assert_eval_matches_reference(model, x)  # running statistics, no autograd: the same logits
 
 
 def test_full_size_exact_fast_path_agrees_with_reference_mode() -> None:
@@ -286,13 +291,7 @@ def test_full_size_exact_fast_path_agrees_with_reference_mode() -> None:
     assert loss_fast == loss_ref
     assert all(map(same_spikes, spikes_ref, spikes_fast))
     assert_grads_close(grads_ref, grads_fast)
-    model.eval()  # eval (running statistics, no autograd): the same logits
-    with torch.no_grad():
-        functional.reset_net(model)
-        logits_fast = model(x)
-        fast.configure(model, "reference", device="cpu")
-        functional.reset_net(model)
-        assert torch.equal(model(x), logits_fast)
+    assert_eval_matches_reference(model, x)
 
 
 def test_bf16_gradient_operands(monkeypatch: pytest.MonkeyPatch) -> None:
