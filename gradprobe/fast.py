@@ -319,13 +319,11 @@ class FastPointwiseBN(PointwiseBN):
         T, B, C, H, W = x_seq.shape
         # [T·B, N, C] tokens: a view when x_seq is channels-last (a FastPointwiseBN output)
         tokens = x_seq.flatten(3).transpose(-1, -2).reshape(T * B, H * W, C)
-        if autocast:
-            y = torch.nn.functional.linear(tokens, proj.weight, proj.bias)
-        elif not grad:
+        if grad and not autocast:
+            y = _TokenLinear.apply(tokens, proj.weight, proj.bias, self.bf16_grads, self.sparse)
+        else:  # sparse_linear.linear is F.linear under autocast
             linear = sparse_linear.linear if self.sparse else torch.nn.functional.linear
             y = linear(tokens, proj.weight, proj.bias)
-        else:
-            y = _TokenLinear.apply(tokens, proj.weight, proj.bias, self.bf16_grads, self.sparse)
         rows = y.view(-1, y.shape[-1])  # [T·B·N, C']
         if not (bn._forward_hooks or bn._forward_pre_hooks):
             if autocast:
@@ -493,9 +491,9 @@ def configure(
         bf16_grads = not (on_cuda or exact) and cpu_has_native_bf16()
         count = set_lif_kernel(model, "fused", compiled=compiled, bf16_margin=bf16_grads)
         remove_reference_forwards(model)
-        linears = [m for m in model.modules() if isinstance(m, PointwiseBN) and m.kind == "linear"]
+        linears = any(isinstance(m, PointwiseBN) and m.kind == "linear" for m in model.modules())
         # exact keeps the stream in NCHW order, whose strided tokens keep F.linear anyway
-        sparse = bool(linears) and compiled and not exact and sparse_linear.available()
+        sparse = linears and compiled and not exact and sparse_linear.available()
         set_pointwise(
             model,
             not on_cuda,

@@ -13,10 +13,10 @@ feature order from zero, then added to the output. A zero input adds ``fma(0, w,
 (signed zeros included), so the same fused multiply-adds over the nonzero inputs alone, in the
 same order and blocks, give the same result bit for bit (for contiguous inputs: a strided one
 is multiplied as a transposed operand, in another order, and keeps ``F.linear``). ``kc`` is
-not documented by MKL, so
-`block_size` measures it: on first use for each shape it compares the kernel, for each
-candidate ``kc``, with ``F.linear`` itself on a random half-dense integer input (every output
-element must match); a shape for which no candidate matches keeps ``F.linear``.
+not documented by MKL, so `block_size` measures it: on first use for each shape it compares
+the kernel, for each candidate ``kc``, with ``F.linear`` itself on a random half-dense integer
+input (every output element must match); a shape for which no candidate matches keeps
+``F.linear``.
 
 The backward can skip the zeros too: `weight_grad` sums a Linear's weight gradient
 ``gᵀ·x`` over the nonzero inputs alone, in float32 (more precise than the fast path's
@@ -229,16 +229,14 @@ def _module():
     from torch.utils import cpp_extension
 
     capability = _capability()
-    flags = ["-O3", "-fno-math-errno", *_FLAGS.get(capability, [])]
-    if os.name != "nt":
-        flags.append("-fopenmp")  # at::parallel_for runs serially without it
+    openmp = [] if os.name == "nt" else ["-fopenmp"]  # at::parallel_for is serial without it
     try:
         return cpp_extension.load_inline(
             f"gradprobe_sparse_linear_{capability.lower()}",
             cpp_sources=_SOURCE,
             functions=["sparse_linear", "sparse_weight_grad"],
-            extra_cflags=flags,
-            extra_ldflags=["-fopenmp"] if os.name != "nt" else [],
+            extra_cflags=["-O3", "-fno-math-errno", *_FLAGS.get(capability, []), *openmp],
+            extra_ldflags=openmp,
         )
     except Exception as error:  # no ninja, a broken toolchain: F.linear does the work
         warnings.warn(
