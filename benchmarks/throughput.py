@@ -28,8 +28,13 @@ surrogate input in bfloat16; the fast worker's glibc keeps freed memory for reus
 glibc's defaults, as the official code does. ``--exact`` times the fast mode that keeps every
 gradient in float32 and every BatchNorm on reference mode's kernels.
 
-``--anchor`` also times spikingjelly 2.0's own Spikformer CIFAR-10 model (`PortAnchor`) in the
-same interleaved loop, as a yardstick for reference mode against the official code.
+``--official FILE... --legacy DIR`` also times the official code itself in the same interleaved
+loop (`benchmarks.official`): Spikformer's ``cifar10/model.py`` beside the ``lif_maxpool`` row,
+Spikingformer-CML's ``cifar10/CML_Spikformer.py`` beside ``maxpool_lif``, run on spikingjelly
+0.0.0.0.12 with its CPU backend, on reference mode's weights and batch (parameter count asserted
+equal, logit difference printed), and prints reference / official. ``--anchor`` times
+spikingjelly 2.0's own Spikformer CIFAR-10 model (`PortAnchor`), an indirect yardstick for
+machines without the official code.
 
 A train step is reset_net → forward (autocast per plan) → cross-entropy → backward → AdamW step
 (each mode with its own AdamW over the shared parameters; on CPU the fast mode's is PyTorch's
@@ -81,6 +86,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
+from benchmarks import official
 from gradprobe import allocator, fast, sparse_linear
 from gradprobe.downsample import list_downsamples
 from gradprobe.models import create_model, list_models
@@ -321,14 +327,20 @@ def cpu_peak_mb(name: str, downsample: str, mode: str, args: argparse.Namespace)
 
 
 def _serve(conn, name: str, downsample: str, label: str, args: argparse.Namespace) -> None:
-    """A worker process: build one mode of `Bench` (or the `PortAnchor`), then time the steps
-    the parent asks for (``"train"``/``"eval"``) until it sends ``None``."""
+    """A worker process: build one mode of `Bench` (or the `PortAnchor`, or the official code's
+    `official.OfficialModel`), then time the steps the parent asks for (``"train"``/``"eval"``)
+    until it sends ``None``."""
     try:
         if args.threads:
             torch.set_num_threads(args.threads)
         if label == "port":
             anchor = PortAnchor(args)
             steps, params = {"train": anchor.train_step}, anchor.params
+        elif label == "official":
+            code = official.OfficialModel(args.official_files[downsample], args)
+            steps = {"train": code.train_step, "eval": code.eval_step}
+            steps["logit_diff"] = lambda: code.max_logit_diff
+            params = code.params
         else:
             bench = Bench(name, downsample, args, serving=label)
             bench.use(label)
@@ -381,6 +393,8 @@ def measure(name: str, downsample: str, args: argparse.Namespace) -> dict:
     labels = list(MODES)
     if args.anchor and name == "spikformer_4_384_cifar":
         labels.append("port")
+    if name == official.MODEL and downsample in args.official_files:
+        labels.append("official")
     device = torch.device(args.device)
     isolate = args.isolate == "on" or (args.isolate == "auto" and device.type == "cpu")
     # with workers, this process only counts parameters and FLOPs: keep glibc's defaults here
@@ -390,10 +404,15 @@ def measure(name: str, downsample: str, args: argparse.Namespace) -> dict:
         assert all(runners[m].params == bench.params[m] for m in MODES)
     else:
         anchor = PortAnchor(args) if "port" in labels else None
+        code = None
+        if "official" in labels:
+            code = official.OfficialModel(args.official_files[downsample], args)
 
         def in_process(label: str, kind: str) -> float:
             if label == "port":
                 return anchor.train_step()
+            if label == "official":
+                return {"train": code.train_step, "eval": code.eval_step}[kind]()
             return (bench.train_step if kind == "train" else bench.eval_step)(label)
 
         runners = {label: functools.partial(in_process, label) for label in labels}
@@ -414,10 +433,20 @@ def measure(name: str, downsample: str, args: argparse.Namespace) -> dict:
         for rep in range(args.repeats):
             for label in phase if rep % 2 == 0 else phase[::-1]:  # A-B-C, C-B-A, ...
                 times[label, kind].append(runners[label](kind))
+    row = {"model": name, "downsample": downsample, "params": bench.params["fast"]}
+    if "official" in labels:
+        row["params_official"] = runners["official"].params if isolate else code.params
+        row["official_logit_diff"] = (
+            runners["official"]("logit_diff") if isolate else code.max_logit_diff
+        )
+        if row["params_official"] != row["params"]:
+            raise RuntimeError(
+                f"the official code has {row['params_official']:,} parameters, "
+                f"{name} {row['params']:,}"
+            )
     if isolate:
         for runner in runners.values():
             runner.close()
-    row = {"model": name, "downsample": downsample, "params": bench.params["fast"]}
     if "port" in labels:
         row["params_port"] = runners["port"].params if isolate else anchor.params
     row["isolated"] = isolate
@@ -451,6 +480,17 @@ def measure(name: str, downsample: str, args: argparse.Namespace) -> dict:
         row["mem_x"] = row["peak_mb_fast"] / row["peak_mb_reference"]
         if "reserved_mb_fast" in row:
             row["reserved_x"] = row["reserved_mb_fast"] / row["reserved_mb_reference"]
+    if "official" in labels:
+        for kind in ("train", "eval"):
+            row[f"{kind}_ref_over_official"] = (
+                row[f"{kind}_s_reference"] / row[f"{kind}_s_official"]
+            )
+        paired = [
+            r / o
+            for r, o in zip(times["reference", "train"], times["official", "train"], strict=True)
+        ]
+        row["train_ref_over_official_paired_median"] = statistics.median(paired)
+        row["train_x_over_official"] = row["train_s_official"] / row["train_s_fast"]
     if "port" in labels:
         row["ref_over_official_est"] = row["train_s_reference"] / (
             row["train_s_port"] * OFFICIAL_OVER_PORT
@@ -524,6 +564,16 @@ def _print_row(row: dict) -> None:
         f"\n  train ratio per interleaved round: median {row['train_x_paired_median']:.2f}x, "
         f"range {row['train_x_paired_min']:.2f}-{row['train_x_paired_max']:.2f}x"
     )
+    if "train_s_official" in row:
+        text += (
+            f"\n  official code ({row['params_official']:,} params, logits within "
+            f"{row['official_logit_diff']:.1e} of reference mode's): train "
+            f"{row['train_s_official']:.3f}s/step, eval {row['eval_ips_official']:.1f} img/s; "
+            f"reference / official: train {row['train_ref_over_official']:.2f} (per round "
+            f"{row['train_ref_over_official_paired_median']:.2f}), "
+            f"eval {row['eval_ref_over_official']:.2f}; fast over official: train "
+            f"{row['train_x_over_official']:.2f}x"
+        )
     if "train_s_port" in row:
         text += (
             f"\n  anchor: spikingjelly's Spikformer port ({row['params_port']:,} params) "
@@ -570,6 +620,22 @@ def main(argv: list[str] | None = None) -> pd.DataFrame | None:
         action="store_true",
         help="also time spikingjelly's Spikformer port (spikformer_4_384_cifar rows only)",
     )
+    parser.add_argument(
+        "--official",
+        nargs="+",
+        type=Path,
+        default=[],
+        metavar="FILE",
+        help="also time the official code: Spikformer's cifar10/model.py (lif_maxpool) and/or "
+        "Spikingformer-CML's cifar10/CML_Spikformer.py (maxpool_lif); CPU, needs --legacy",
+    )
+    parser.add_argument(
+        "--legacy",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="spikingjelly 0.0.0.0.12 unpacked (the folder holding spikingjelly/), for --official",
+    )
     parser.add_argument("--csv", type=Path, default=None, help="also write the table here")
     parser.add_argument("--child", choices=MODES, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -578,6 +644,22 @@ def main(argv: list[str] | None = None) -> pd.DataFrame | None:
     if args.child:
         print(json.dumps(child_memory(args.models[0], args.downsample[0], args.child, args)))
         return None
+    args.official_files = {}
+    if args.official:
+        if args.legacy is None:
+            parser.error("--official needs --legacy DIR (spikingjelly 0.0.0.0.12 unpacked)")
+        if torch.device(args.device).type != "cpu":
+            parser.error(f"--official runs on CPU only, not --device {args.device}")
+        try:
+            args.official_files = official.variants(args.official, args.legacy)
+        except (FileNotFoundError, ValueError) as error:
+            parser.error(str(error))
+        missing = set(args.official_files) - set(args.downsample)
+        if official.MODEL not in args.models or missing:
+            parser.error(
+                f"--official times {official.MODEL} with {sorted(args.official_files)}; "
+                f"add them to --models/--downsample (given: {args.models}, {args.downsample})"
+            )
 
     device = torch.device(args.device)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
@@ -586,6 +668,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame | None:
         f"B={args.batch_size}, T={args.T}, median of {args.repeats} interleaved repeats "
         f"after {args.warmup} warm-up steps; load average at start {os.getloadavg()}"
     )
+    if args.official_files:
+        print(f"official code: {', '.join(f'{v}: {f}' for v, f in args.official_files.items())}")
     print("columns: train s/step reference/fast, eval img/s reference/fast, peak step memory")
     rows = []
     for name in args.models:
@@ -601,6 +685,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame | None:
         columns += ["peak_mb_reference", "peak_mb_fast", "mem_x"]
     if "reserved_x" in rows[0]:
         columns += ["reserved_mb_reference", "reserved_mb_fast", "reserved_x"]
+    if "train_ref_over_official" in table:
+        columns += ["train_ref_over_official", "eval_ref_over_official", "train_x_over_official"]
     columns += ["train_gflop_per_img", "train_tflops_reference", "train_tflops_fast"]
     if "mfu_pct_fast" in rows[0]:
         columns += ["mfu_pct_reference", "mfu_pct_fast"]
