@@ -286,14 +286,19 @@ def _rss_kb(field: str) -> int:
 
 def child_memory(name: str, downsample: str, mode: str, args: argparse.Namespace) -> dict:
     """In a fresh process: warm up, then the RSS high-water mark of one train step, in MiB."""
-    bench = Bench(name, downsample, args, serving=mode)
+    if mode == "official":
+        code = official.OfficialModel(args.official[0], args)
+        step, optimizer = code.train_step, code.optimizer
+    else:
+        bench = Bench(name, downsample, args, serving=mode)
+        step, optimizer = functools.partial(bench.train_step, mode), bench.optimizers[mode]
     for _ in range(2):
-        bench.train_step(mode)
-    bench.optimizers[mode].zero_grad(set_to_none=True)
+        step()
+    optimizer.zero_grad(set_to_none=True)
     ctypes.CDLL("libc.so.6").malloc_trim(0)
     before = _rss_kb("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-    bench.train_step(mode)
+    step()
     return {"peak_mb": (_rss_kb("VmHWM") - before) / 1024, "rss_mb": before / 1024}
 
 
@@ -321,6 +326,13 @@ def cpu_peak_mb(name: str, downsample: str, mode: str, args: argparse.Namespace)
         command += ["--threads", str(args.threads)]
     if args.exact:
         command.append("--exact")
+    if mode == "official":
+        command += [
+            "--legacy",
+            str(args.legacy),
+            "--official",
+            str(args.official_files[downsample]),
+        ]
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run(command, cwd=root, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"]
@@ -478,6 +490,8 @@ def measure(name: str, downsample: str, args: argparse.Namespace) -> dict:
             else:
                 row[f"peak_mb_{mode}"] = cpu_peak_mb(name, downsample, mode, args)
         row["mem_x"] = row["peak_mb_fast"] / row["peak_mb_reference"]
+        if "official" in labels:
+            row["peak_mb_official"] = cpu_peak_mb(name, downsample, "official", args)
         if "reserved_mb_fast" in row:
             row["reserved_x"] = row["reserved_mb_fast"] / row["reserved_mb_reference"]
     if "official" in labels:
@@ -565,11 +579,12 @@ def _print_row(row: dict) -> None:
         f"range {row['train_x_paired_min']:.2f}-{row['train_x_paired_max']:.2f}x"
     )
     if "train_s_official" in row:
+        peak = f", peak {row['peak_mb_official']:.1f} MiB" if "peak_mb_official" in row else ""
         text += (
             f"\n  official code ({row['params_official']:,} params, logits within "
             f"{row['official_logit_diff']:.1e} of reference mode's): train "
-            f"{row['train_s_official']:.3f}s/step, eval {row['eval_ips_official']:.1f} img/s; "
-            f"reference / official: train {row['train_ref_over_official']:.2f} (per round "
+            f"{row['train_s_official']:.3f}s/step, eval {row['eval_ips_official']:.1f} img/s{peak}"
+            f"; reference / official: train {row['train_ref_over_official']:.2f} (per round "
             f"{row['train_ref_over_official_paired_median']:.2f}), "
             f"eval {row['eval_ref_over_official']:.2f}; fast over official: train "
             f"{row['train_x_over_official']:.2f}x"
@@ -637,7 +652,9 @@ def main(argv: list[str] | None = None) -> pd.DataFrame | None:
         help="spikingjelly 0.0.0.0.12 unpacked (the folder holding spikingjelly/), for --official",
     )
     parser.add_argument("--csv", type=Path, default=None, help="also write the table here")
-    parser.add_argument("--child", choices=MODES, default=None, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--child", choices=(*MODES, "official"), default=None, help=argparse.SUPPRESS
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -687,6 +704,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame | None:
         columns += ["reserved_mb_reference", "reserved_mb_fast", "reserved_x"]
     if "train_ref_over_official" in table:
         columns += ["train_ref_over_official", "eval_ref_over_official", "train_x_over_official"]
+        columns += ["peak_mb_official"] if "peak_mb_official" in table else []
     columns += ["train_gflop_per_img", "train_tflops_reference", "train_tflops_fast"]
     if "mfu_pct_fast" in rows[0]:
         columns += ["mfu_pct_reference", "mfu_pct_fast"]

@@ -194,3 +194,13 @@ def test_throughput_rejects_bad_official_options_before_timing(
     with pytest.raises(SystemExit):
         throughput.main(args)
     assert message in capsys.readouterr().err
+
+
+def test_the_official_codes_peak_memory_is_measured_like_reference_modes(
+    legacy: Path, tmp_path: Path
+) -> None:
+    args = argparse.Namespace(
+        device="cpu", legacy=legacy, seed=0, T=2, batch_size=2, official=[official_file(tmp_path)]
+    )
+    memory = throughput.child_memory(official.MODEL, "lif_maxpool", "official", args)
+    assert memory["peak_mb"] >= 0 and memory["rss_mb"] > 0
