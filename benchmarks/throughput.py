@@ -492,6 +492,7 @@ def measure(name: str, downsample: str, args: argparse.Namespace) -> dict:
         row["mem_x"] = row["peak_mb_fast"] / row["peak_mb_reference"]
         if "official" in labels:
             row["peak_mb_official"] = cpu_peak_mb(name, downsample, "official", args)
+            row["mem_x_over_official"] = row["peak_mb_fast"] / row["peak_mb_official"]
         if "reserved_mb_fast" in row:
             row["reserved_x"] = row["reserved_mb_fast"] / row["reserved_mb_reference"]
     if "official" in labels:
@@ -588,6 +589,11 @@ def _print_row(row: dict) -> None:
             f"{row['train_ref_over_official_paired_median']:.2f}), "
             f"eval {row['eval_ref_over_official']:.2f}; fast over official: train "
             f"{row['train_x_over_official']:.2f}x"
+            + (
+                f", peak memory {row['mem_x_over_official']:.2f}x"
+                if "mem_x_over_official" in row
+                else ""
+            )
         )
     if "train_s_port" in row:
         text += (
@@ -704,7 +710,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame | None:
         columns += ["reserved_mb_reference", "reserved_mb_fast", "reserved_x"]
     if "train_ref_over_official" in table:
         columns += ["train_ref_over_official", "eval_ref_over_official", "train_x_over_official"]
-        columns += ["peak_mb_official"] if "peak_mb_official" in table else []
+        if "peak_mb_official" in table:
+            columns += ["peak_mb_official", "mem_x_over_official"]
     columns += ["train_gflop_per_img", "train_tflops_reference", "train_tflops_fast"]
     if "mfu_pct_fast" in rows[0]:
         columns += ["mfu_pct_reference", "mfu_pct_fast"]

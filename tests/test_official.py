@@ -162,20 +162,33 @@ def test_the_official_model_trains_on_reference_modes_weights_and_batch(
         )
 
 
+@pytest.mark.parametrize("isolate", ["on", "off"])
 def test_throughput_times_the_official_code_beside_reference_mode(
-    legacy: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+    isolate: str,
+    legacy: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    peaks = {"reference": 4.0, "fast": 2.0, "official": 5.0}  # MiB; the subprocesses are tested
+    monkeypatch.setattr(throughput, "cpu_peak_mb", lambda name, variant, mode, args: peaks[mode])
     args = ["--models", official.MODEL, "--downsample", "lif_maxpool", "--batch-size", "2"]
-    args += ["--T", "2", "--repeats", "1", "--warmup", "0", "--memory", "none", "--device", "cpu"]
-    args += ["--isolate", "off", "--threads", "1"]
+    args += ["--T", "2", "--repeats", "1", "--warmup", "0", "--device", "cpu"]
+    args += ["--isolate", isolate, "--threads", "1"]
     args += ["--legacy", str(legacy), "--official", str(official_file(tmp_path))]
     row = throughput.main(args).iloc[0]
+    assert bool(row["isolated"]) is (isolate == "on")
     assert row["params_official"] == row["params"]
     assert row["train_ref_over_official"] == pytest.approx(
         row["train_s_reference"] / row["train_s_official"]
     )
+    assert row["train_x_over_official"] == pytest.approx(
+        row["train_s_official"] / row["train_s_fast"]
+    )
     assert row["official_logit_diff"] < 1e-5
-    assert "reference / official: train" in capsys.readouterr().out
+    assert row["mem_x_over_official"] == pytest.approx(0.4)
+    out = capsys.readouterr().out
+    assert "reference / official: train" in out and "peak memory 0.40x" in out
 
 
 @pytest.mark.parametrize(
