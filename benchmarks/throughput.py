@@ -250,7 +250,10 @@ class PortAnchor:
     installed with the stack. Measured on one 2-core CPU (B=16, T=4, fp32), the official CIFAR
     code took 2.06 s per train step and the port 1.23 s (`OFFICIAL_OVER_PORT`). Timing the port
     beside reference mode in the same run gives reference mode's time relative to an estimate
-    of the official code's on this machine: ``reference / (port x OFFICIAL_OVER_PORT)``.
+    of the official code's on this machine: ``reference / (port x OFFICIAL_OVER_PORT)``. The
+    estimate assumes both codes slow down alike from machine to machine, which need not hold
+    (on one slower VM the official code took about 1.2x the port, not 1.67x); ``--official``
+    times the official code itself and is the measurement to prefer where its files are at hand.
     """
 
     def __init__(self, args: argparse.Namespace) -> None:
