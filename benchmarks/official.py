@@ -29,7 +29,6 @@ import importlib
 import importlib.util
 import sys
 import time
-import types
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -73,7 +72,7 @@ def _serve_legacy_spikingjelly(legacy: Path) -> ModuleType:
         def __init__(self, *args, backend: str = "torch", **kwargs) -> None:
             super().__init__(*args, backend="torch", **kwargs)
 
-    shim = types.ModuleType("spikingjelly.clock_driven.neuron")
+    shim = ModuleType("spikingjelly.clock_driven.neuron")
     shim.__dict__.update(vars(neuron))
     shim.MultiStepLIFNode = MultiStepLIFNode
     sys.modules["spikingjelly.clock_driven"] = sys.modules[f"{LEGACY_NAME}.clock_driven"]
@@ -182,6 +181,7 @@ class OfficialModel:
             self.reset_net(self.model)
         del ours
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
+        self.steps = {"train": self.train_step, "eval": self.eval_step}
 
     def train_step(self) -> float:
         start = time.perf_counter()

@@ -289,7 +289,7 @@ def _rss_kb(field: str) -> int:
 
 def child_memory(name: str, downsample: str, mode: str, args: argparse.Namespace) -> dict:
     """In a fresh process: warm up, then the RSS high-water mark of one train step, in MiB."""
-    if mode == "official":
+    if mode == "official":  # `cpu_peak_mb` passes the one file for this variant
         code = official.OfficialModel(args.official[0], args)
         step, optimizer = code.train_step, code.optimizer
     else:
@@ -353,8 +353,7 @@ def _serve(conn, name: str, downsample: str, label: str, args: argparse.Namespac
             steps, params = {"train": anchor.train_step}, anchor.params
         elif label == "official":
             code = official.OfficialModel(args.official_files[downsample], args)
-            steps = {"train": code.train_step, "eval": code.eval_step}
-            steps["logit_diff"] = lambda: code.max_logit_diff
+            steps = {**code.steps, "logit_diff": lambda: code.max_logit_diff}
             params = code.params
         else:
             bench = Bench(name, downsample, args, serving=label)
@@ -404,6 +403,12 @@ class Worker:
         self.process.join()
 
 
+def per_round(times: dict, numerator: str, denominator: str) -> list[float]:
+    """The train-step ratio ``numerator / denominator`` within each interleaved round."""
+    pairs = zip(times[numerator, "train"], times[denominator, "train"], strict=True)
+    return [a / b for a, b in pairs]
+
+
 def measure(name: str, downsample: str, args: argparse.Namespace) -> dict:
     labels = list(MODES)
     if args.anchor and name == "spikformer_4_384_cifar":
@@ -427,7 +432,7 @@ def measure(name: str, downsample: str, args: argparse.Namespace) -> dict:
             if label == "port":
                 return anchor.train_step()
             if label == "official":
-                return {"train": code.train_step, "eval": code.eval_step}[kind]()
+                return code.steps[kind]()
             return (bench.train_step if kind == "train" else bench.eval_step)(label)
 
         runners = {label: functools.partial(in_process, label) for label in labels}
@@ -473,9 +478,7 @@ def measure(name: str, downsample: str, args: argparse.Namespace) -> dict:
         row[f"{kind}_x"] = row[f"{kind}_ips_fast"] / row[f"{kind}_ips_reference"]
     # the same ratio within each round of the interleaved loop (steps seconds apart), whose
     # spread shows how much load from outside moved the measurement
-    paired = [
-        r / f for r, f in zip(times["reference", "train"], times["fast", "train"], strict=True)
-    ]
+    paired = per_round(times, "reference", "fast")
     row["train_x_paired_median"] = statistics.median(paired)
     row["train_x_paired_min"], row["train_x_paired_max"] = min(paired), max(paired)
     flops = bench.train_step_flops()
@@ -503,10 +506,7 @@ def measure(name: str, downsample: str, args: argparse.Namespace) -> dict:
             row[f"{kind}_ref_over_official"] = (
                 row[f"{kind}_s_reference"] / row[f"{kind}_s_official"]
             )
-        paired = [
-            r / o
-            for r, o in zip(times["reference", "train"], times["official", "train"], strict=True)
-        ]
+        paired = per_round(times, "reference", "official")
         row["train_ref_over_official_paired_median"] = statistics.median(paired)
         row["train_x_over_official"] = row["train_s_official"] / row["train_s_fast"]
     if "port" in labels:
