@@ -8,10 +8,13 @@ model file with ``--official`` and spikingjelly 0.0.0.0.12 unpacked with ``--leg
         --downsample lif_maxpool maxpool_lif --legacy sj-0.0.0.0.12/site \\
         --official spikformer/cifar10/model.py Spikingformer-CML/cifar10/CML_Spikformer.py
 
-Each file is recognised by the factory it registers (`FACTORIES`): ``spikformer`` in
-ZK-Zhou/spikformer's ``cifar10/model.py`` is the ConvBN-LIF-MaxPool tokenizer (``lif_maxpool``),
-``CML_Spikformer`` in zhouchenlin2096/Spikingformer-CML's ``cifar10/CML_Spikformer.py`` is
-ConvBN-MaxPool-LIF (``maxpool_lif``). `load_official` imports the file with
+Each file is recognised by the factory it registers (`FACTORIES`), which names the backbone:
+``spikformer`` (ZK-Zhou/spikformer ``cifar10/model.py``) and ``CML_Spikformer``
+(zhouchenlin2096/Spikingformer-CML ``cifar10/CML_Spikformer.py``) are ``spikformer_4_384_cifar``,
+``Spikingformer`` (zhouchenlin2096/Spikingformer ``cifar10/model.py``, and the CML repository's
+``cifar10/model.py`` under the same name) is ``spikingformer_4_384_cifar``. The downsampling
+variant is recognised by computation (`identify`): the variant whose reference-mode network,
+given the same weights, reproduces the file's logits. `load_official` imports the file with
 ``spikingjelly.clock_driven`` served by the legacy package and every ``MultiStepLIFNode`` on
 ``backend='torch'``: the files hard-code ``'cupy'``, which needs a GPU, and the spec's section 1
 says to switch it for CPU use (the same maths, looping over T in Python). Nothing else of the
@@ -39,10 +42,17 @@ from torch import nn
 
 from benchmarks.official_lif import LEGACY_NAME, load_legacy
 from gradprobe import fast
+from gradprobe.downsample import list_downsamples
 from gradprobe.models import create_model
 
-MODEL = "spikformer_4_384_cifar"
-FACTORIES = {"spikformer": "lif_maxpool", "CML_Spikformer": "maxpool_lif"}
+FACTORIES = {
+    "spikformer": "spikformer_4_384_cifar",
+    "CML_Spikformer": "spikformer_4_384_cifar",
+    "Spikingformer": "spikingformer_4_384_cifar",
+}
+#: logits of the same network in the two codes differ by float rounding (~1e-7), or ~1e-4 where
+#: rounding flips a spike; another variant's differ by ~0.1
+SAME_NETWORK_ATOL = 1e-2
 # cifar10.yml of the official code: 4-384, 12 heads, MLP ratio 4, patch 4, T = 4
 CIFAR_CONFIG = {
     "img_size_h": 32,
@@ -81,13 +91,14 @@ def _serve_legacy_spikingjelly(legacy: Path) -> ModuleType:
 
 
 @functools.cache
-def load_official(file: Path, legacy: Path) -> tuple[str, callable, callable]:
+def load_official(file: Path, legacy: Path) -> tuple[str, str, callable, callable]:
     """Import an official model file (once per process); return
-    ``(variant, factory, reset_net)``.
+    ``(model, variant, factory, reset_net)``: our backbone and downsampling variant that compute
+    the file's network, its factory, and the legacy ``reset_net``.
 
     Raises:
         FileNotFoundError: ``file`` does not exist, or ``legacy`` holds no legacy package.
-        ValueError: the file registers none of `FACTORIES`.
+        ValueError: the file registers none of `FACTORIES`, or none of our variants computes it.
     """
     if not Path(file).is_file():
         raise FileNotFoundError(f"--official {str(file)!r}: no such file")
@@ -106,20 +117,68 @@ def load_official(file: Path, legacy: Path) -> tuple[str, callable, callable]:
         raise ValueError(
             f"--official {str(file)!r} defines none of the official factories "
             f"{sorted(FACTORIES)} (ZK-Zhou/spikformer cifar10/model.py: 'spikformer'; "
-            f"Spikingformer-CML cifar10/CML_Spikformer.py: 'CML_Spikformer')"
+            f"Spikingformer-CML cifar10/CML_Spikformer.py: 'CML_Spikformer'; Spikingformer "
+            f"cifar10/model.py: 'Spikingformer')"
         )
-    return FACTORIES[found[0]], getattr(module, found[0]), legacy_functional.reset_net
+    factory, reset_net = getattr(module, found[0]), legacy_functional.reset_net
+    model = FACTORIES[found[0]]
+    return model, identify(file, model, factory, reset_net), factory, reset_net
 
 
-def variants(files: list[Path], legacy: Path) -> dict[str, Path]:
-    """``{variant: file}`` for the given official files (each file imported once to see which
-    factory it registers); two files for one variant is an error."""
-    found: dict[str, Path] = {}
+def identify(file: Path, model: str, factory: callable, reset_net: callable) -> str:
+    """The downsampling variant whose reference-mode ``model`` computes the file's network: the
+    one whose logits the file's model comes closest to from the same weights, on a batch of 2
+    at T = 2, which must be within `SAME_NETWORK_ATOL` (a spike flipped by float rounding moves
+    them by ~1e-4; another variant, by ~0.1)."""
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    gaps = {}
+    for variant in list_downsamples():
+        ours, theirs = _same_weights(model, variant, factory, T=2, seed=0)
+        gaps[variant] = _logit_gap(ours, theirs, reset_net, images)
+    best = min(gaps, key=gaps.get)
+    if gaps[best] > SAME_NETWORK_ATOL:
+        raise ValueError(
+            f"--official {str(file)!r}: none of our {model} variants computes its network "
+            f"(largest logit difference per variant: {gaps})"
+        )
+    return best
+
+
+def _same_weights(
+    model: str, variant: str, factory: callable, T: int, seed: int
+) -> tuple[nn.Module, nn.Module]:
+    torch.manual_seed(seed)
+    ours = create_model(model, downsample=variant, T=T, num_classes=10)
+    fast.configure(ours, "reference", device="cpu", retain_memory=False)
+    theirs = factory(T=T, **CIFAR_CONFIG)
+    load_weights(theirs, ours)
+    return ours, theirs
+
+
+def _logit_gap(
+    ours: nn.Module, theirs: nn.Module, reset_net: callable, images: torch.Tensor
+) -> float:
+    """Largest logit difference of the two networks on ``images``, in training mode (batch
+    statistics, as in the timed steps)."""
+    with torch.no_grad():
+        functional.reset_net(ours)
+        expected = ours(images)
+        functional.reset_net(ours)
+        reset_net(theirs)
+        gap = float((theirs(images) - expected).abs().max())
+        reset_net(theirs)
+    return gap
+
+
+def variants(files: list[Path], legacy: Path) -> dict[tuple[str, str], Path]:
+    """``{(model, variant): file}`` for the given official files; two files for one model and
+    variant is an error."""
+    found: dict[tuple[str, str], Path] = {}
     for file in files:
-        variant = load_official(file, legacy)[0]
-        if variant in found:
-            raise ValueError(f"--official: {found[variant]} and {file} both build {variant!r}")
-        found[variant] = Path(file)
+        key = load_official(file, legacy)[:2]
+        if key in found:
+            raise ValueError(f"--official: {found[key]} and {file} both build {key}")
+        found[key] = Path(file)
     return found
 
 
@@ -164,21 +223,16 @@ class OfficialModel:
     def __init__(self, file: Path, args: argparse.Namespace) -> None:
         if torch.device(args.device).type != "cpu":
             raise ValueError("--official runs on CPU only (its CUDA backend needs CuPy)")
-        variant, factory, self.reset_net = load_official(file, args.legacy)
+        model, variant, factory, self.reset_net = load_official(file, args.legacy)
         torch.manual_seed(args.seed)  # the weights and batch of `Bench`, drawn in its order
-        ours = create_model(MODEL, downsample=variant, T=args.T, num_classes=10)
+        ours = create_model(model, downsample=variant, T=args.T, num_classes=10)
         self.images = torch.rand(args.batch_size, 3, 32, 32)
         self.labels = torch.randint(0, 10, (args.batch_size,))
         fast.configure(ours, "reference", device="cpu", retain_memory=False)
         self.model = factory(T=args.T, **CIFAR_CONFIG)
         load_weights(self.model, ours)
         self.params = sum(p.numel() for p in self.model.parameters())
-        with torch.no_grad():
-            functional.reset_net(ours)
-            expected = ours(self.images)
-            self.reset_net(self.model)
-            self.max_logit_diff = float((self.model(self.images) - expected).abs().max())
-            self.reset_net(self.model)
+        self.max_logit_diff = _logit_gap(ours, self.model, self.reset_net, self.images)
         del ours
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
         self.steps = {"train": self.train_step, "eval": self.eval_step}

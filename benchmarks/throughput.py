@@ -29,8 +29,10 @@ glibc's defaults, as the official code does. ``--exact`` times the fast mode tha
 gradient in float32 and every BatchNorm on reference mode's kernels.
 
 ``--official FILE... --legacy DIR`` also times the official code itself in the same interleaved
-loop (`benchmarks.official`): Spikformer's ``cifar10/model.py`` beside the ``lif_maxpool`` row,
-Spikingformer-CML's ``cifar10/CML_Spikformer.py`` beside ``maxpool_lif``, run on spikingjelly
+loop (`benchmarks.official`), each file beside the row of the backbone and variant that compute
+its network: Spikformer's ``cifar10/model.py`` beside Spikformer ``lif_maxpool``,
+Spikingformer-CML's ``cifar10/CML_Spikformer.py`` beside Spikformer ``maxpool_lif``,
+Spikingformer's ``cifar10/model.py`` beside Spikingformer ``lif_maxpool``; run on spikingjelly
 0.0.0.0.12 with its CPU backend, on reference mode's weights and batch (parameter count asserted
 equal, logit difference printed), and prints reference / official. ``--anchor`` times
 spikingjelly 2.0's own Spikformer CIFAR-10 model (`PortAnchor`), an indirect yardstick for
@@ -334,7 +336,7 @@ def cpu_peak_mb(name: str, downsample: str, mode: str, args: argparse.Namespace)
             "--legacy",
             str(args.legacy),
             "--official",
-            str(args.official_files[downsample]),
+            str(args.official_files[name, downsample]),
         ]
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run(command, cwd=root, capture_output=True, text=True, check=True)
@@ -352,7 +354,7 @@ def _serve(conn, name: str, downsample: str, label: str, args: argparse.Namespac
             anchor = PortAnchor(args)
             steps, params = {"train": anchor.train_step}, anchor.params
         elif label == "official":
-            code = official.OfficialModel(args.official_files[downsample], args)
+            code = official.OfficialModel(args.official_files[name, downsample], args)
             steps = {**code.steps, "logit_diff": lambda: code.max_logit_diff}
             params = code.params
         else:
@@ -413,7 +415,7 @@ def measure(name: str, downsample: str, args: argparse.Namespace) -> dict:
     labels = list(MODES)
     if args.anchor and name == "spikformer_4_384_cifar":
         labels.append("port")
-    if name == official.MODEL and downsample in args.official_files:
+    if (name, downsample) in args.official_files:
         labels.append("official")
     device = torch.device(args.device)
     isolate = args.isolate == "on" or (args.isolate == "auto" and device.type == "cpu")
@@ -426,7 +428,7 @@ def measure(name: str, downsample: str, args: argparse.Namespace) -> dict:
         anchor = PortAnchor(args) if "port" in labels else None
         code = None
         if "official" in labels:
-            code = official.OfficialModel(args.official_files[downsample], args)
+            code = official.OfficialModel(args.official_files[name, downsample], args)
 
         def in_process(label: str, kind: str) -> float:
             if label == "port":
@@ -650,8 +652,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame | None:
         type=Path,
         default=[],
         metavar="FILE",
-        help="also time the official code: Spikformer's cifar10/model.py (lif_maxpool) and/or "
-        "Spikingformer-CML's cifar10/CML_Spikformer.py (maxpool_lif); CPU, needs --legacy",
+        help="also time the official code: Spikformer's or Spikingformer's cifar10/model.py, "
+        "Spikingformer-CML's cifar10/CML_Spikformer.py or cifar10/model.py; CPU, needs --legacy",
     )
     parser.add_argument(
         "--legacy",
@@ -680,11 +682,11 @@ def main(argv: list[str] | None = None) -> pd.DataFrame | None:
             args.official_files = official.variants(args.official, args.legacy)
         except (FileNotFoundError, ValueError) as error:
             parser.error(str(error))
-        missing = set(args.official_files) - set(args.downsample)
-        if official.MODEL not in args.models or missing:
+        requested = {(m, d) for m in args.models for d in args.downsample}
+        if missing := sorted(set(args.official_files) - requested):
             parser.error(
-                f"--official times {official.MODEL} with {sorted(args.official_files)}; "
-                f"add them to --models/--downsample (given: {args.models}, {args.downsample})"
+                f"--official builds {missing}; add them to --models/--downsample "
+                f"(given: {args.models}, {args.downsample})"
             )
 
     device = torch.device(args.device)
@@ -695,7 +697,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame | None:
         f"after {args.warmup} warm-up steps; load average at start {os.getloadavg()}"
     )
     if args.official_files:
-        print(f"official code: {', '.join(f'{v}: {f}' for v, f in args.official_files.items())}")
+        found = args.official_files.items()
+        print("official code: " + ", ".join(f"{m} {v}: {f}" for (m, v), f in found))
     print("columns: train s/step reference/fast, eval img/s reference/fast, peak step memory")
     rows = []
     for name in args.models:

@@ -55,8 +55,7 @@ from gradprobe.models import create_model
 @register_model
 def {factory}(pretrained=False, T=4, num_classes=10, **config):
     assert config["embed_dims"] == 384 and config["depths"] == 4, config
-    model = create_model("spikformer_4_384_cifar", downsample="{variant}", T=T,
-                         num_classes=num_classes)
+    model = create_model("{model}", downsample="{variant}", T=T, num_classes=num_classes)
     model.lif = MultiStepLIFNode(tau=2.0, detach_reset=True, backend="cupy")
     return model
 """
@@ -73,26 +72,44 @@ def legacy(tmp_path: Path) -> Path:
     return package.parent
 
 
-def official_file(folder: Path, factory: str = "spikformer", variant: str = "lif_maxpool") -> Path:
-    file = folder / f"{factory}_model.py"
-    file.write_text(textwrap.dedent(OFFICIAL_FILE.format(factory=factory, variant=variant)))
+SPIKFORMER = "spikformer_4_384_cifar"
+
+
+def official_file(
+    folder: Path, factory: str = "spikformer", variant: str = "lif_maxpool", model: str = SPIKFORMER
+) -> Path:
+    file = folder / f"{factory}_{variant}_model.py"
+    text = OFFICIAL_FILE.format(factory=factory, variant=variant, model=model)
+    file.write_text(textwrap.dedent(text))
     return file
 
 
 def test_an_official_file_loads_on_the_legacy_package_with_the_torch_backend(
     legacy: Path, tmp_path: Path
 ) -> None:
-    variant, factory, reset_net = official.load_official(official_file(tmp_path), legacy)
-    assert variant == "lif_maxpool"
+    model_name, variant, factory, reset_net = official.load_official(
+        official_file(tmp_path), legacy
+    )
+    assert (model_name, variant) == (SPIKFORMER, "lif_maxpool")
     model = factory(T=2, **official.CIFAR_CONFIG)
     assert model.lif.backend == "torch"  # asked for 'cupy', which the stand-in refuses
     reset_net(model)
     assert model.lif.resets == 1  # the legacy package's reset_net
 
 
-def test_the_cml_file_is_the_maxpool_lif_variant(legacy: Path, tmp_path: Path) -> None:
-    file = official_file(tmp_path, "CML_Spikformer", "maxpool_lif")
-    assert official.variants([file], legacy) == {"maxpool_lif": file}
+@pytest.mark.parametrize(
+    ("factory", "model", "variant"),
+    [
+        ("CML_Spikformer", SPIKFORMER, "maxpool_lif"),
+        ("Spikingformer", "spikingformer_4_384_cifar", "lif_maxpool"),
+        ("Spikingformer", "spikingformer_4_384_cifar", "maxpool_lif"),  # CML's cifar10/model.py
+    ],
+)
+def test_the_factory_names_the_backbone_and_the_logits_the_variant(
+    factory: str, model: str, variant: str, legacy: Path, tmp_path: Path
+) -> None:
+    file = official_file(tmp_path, factory, variant, model)
+    assert official.variants([file], legacy) == {(model, variant): file}
 
 
 def test_bad_official_files_are_named(legacy: Path, tmp_path: Path) -> None:
@@ -105,8 +122,17 @@ def test_bad_official_files_are_named(legacy: Path, tmp_path: Path) -> None:
     first = official_file(tmp_path)
     second = tmp_path / "copy.py"
     second.write_text(first.read_text())
-    with pytest.raises(ValueError, match="both build 'lif_maxpool'"):
+    with pytest.raises(ValueError, match=r"both build \('spikformer_4_384_cifar', 'lif_maxpool'\)"):
         official.variants([first, second], legacy)
+    # a file whose network none of our variants computes (a width our models do not have)
+    foreign = tmp_path / "foreign.py"
+    foreign.write_text(
+        "from torch import nn\n"
+        "def spikformer(T, num_classes, **config):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, num_classes))\n"
+    )
+    with pytest.raises(ValueError, match="state entries against"):
+        official.load_official(foreign, legacy)
 
 
 class Ours(nn.Module):
@@ -151,7 +177,7 @@ def test_the_official_model_trains_on_reference_modes_weights_and_batch(
     bench_args = argparse.Namespace(
         seed=0, T=2, batch_size=2, device="cpu", exact=False, cuda_graph="off", memory="none"
     )
-    bench = throughput.Bench(official.MODEL, "lif_maxpool", bench_args, serving="reference")
+    bench = throughput.Bench(SPIKFORMER, "lif_maxpool", bench_args, serving="reference")
     assert torch.equal(code.images, bench.images) and torch.equal(code.labels, bench.labels)
     assert code.params == bench.params["reference"]
     assert code.max_logit_diff < 1e-5
@@ -172,7 +198,7 @@ def test_throughput_times_the_official_code_beside_reference_mode(
 ) -> None:
     peaks = {"reference": 4.0, "fast": 2.0, "official": 5.0}  # MiB; the subprocesses are tested
     monkeypatch.setattr(throughput, "cpu_peak_mb", lambda name, variant, mode, args: peaks[mode])
-    args = ["--models", official.MODEL, "--downsample", "lif_maxpool", "--batch-size", "2"]
+    args = ["--models", SPIKFORMER, "--downsample", "lif_maxpool", "--batch-size", "2"]
     args += ["--T", "2", "--repeats", "1", "--warmup", "0", "--device", "cpu"]
     args += ["--isolate", isolate, "--threads", "1"]
     args += ["--legacy", str(legacy), "--official", str(official_file(tmp_path))]
@@ -197,12 +223,13 @@ def test_throughput_times_the_official_code_beside_reference_mode(
         ([], "--official needs --legacy"),
         (["--legacy", "LEGACY", "--device", "cuda"], "CPU only, not --device cuda"),
         (["--legacy", "LEGACY", "--downsample", "maxpool_lif"], "add them to --models"),
+        (["--legacy", "LEGACY", "--models", "spikingformer_4_384_cifar"], "add them to --models"),
     ],
 )
 def test_throughput_rejects_bad_official_options_before_timing(
     extra: list[str], message: str, legacy: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    args = ["--models", official.MODEL, "--official", str(official_file(tmp_path))]
+    args = ["--models", SPIKFORMER, "--official", str(official_file(tmp_path))]
     args += [str(legacy) if a == "LEGACY" else a for a in extra]
     with pytest.raises(SystemExit):
         throughput.main(args)
@@ -215,5 +242,5 @@ def test_the_official_codes_peak_memory_is_measured_like_reference_modes(
     args = argparse.Namespace(
         device="cpu", legacy=legacy, seed=0, T=2, batch_size=2, official=[official_file(tmp_path)]
     )
-    memory = throughput.child_memory(official.MODEL, "lif_maxpool", "official", args)
+    memory = throughput.child_memory(SPIKFORMER, "lif_maxpool", "official", args)
     assert memory["peak_mb"] >= 0 and memory["rss_mb"] > 0
