@@ -90,16 +90,23 @@ def _serve_legacy_spikingjelly(legacy: Path) -> ModuleType:
     return importlib.import_module(f"{LEGACY_NAME}.clock_driven.functional")
 
 
-@functools.cache
 def load_official(file: Path, legacy: Path) -> tuple[str, str, callable, callable]:
-    """Import an official model file (once per process); return
-    ``(model, variant, factory, reset_net)``: our backbone and downsampling variant that compute
-    the file's network, its factory, and the legacy ``reset_net``.
+    """Import an official model file and identify it; return ``(model, variant, factory,
+    reset_net)``: our backbone and downsampling variant that compute the file's network, its
+    factory, and the legacy ``reset_net``.
 
     Raises:
         FileNotFoundError: ``file`` does not exist, or ``legacy`` holds no legacy package.
         ValueError: the file registers none of `FACTORIES`, or none of our variants computes it.
     """
+    model, factory, reset_net = import_official(file, legacy)
+    return model, identify(file, model, factory, reset_net), factory, reset_net
+
+
+@functools.cache
+def import_official(file: Path, legacy: Path) -> tuple[str, callable, callable]:
+    """Import an official model file (once per process); return ``(model, factory,
+    reset_net)``, the backbone named by the factory it registers. Raises as `load_official`."""
     if not Path(file).is_file():
         raise FileNotFoundError(f"--official {str(file)!r}: no such file")
     legacy_functional = _serve_legacy_spikingjelly(legacy)
@@ -120,9 +127,7 @@ def load_official(file: Path, legacy: Path) -> tuple[str, str, callable, callabl
             f"Spikingformer-CML cifar10/CML_Spikformer.py: 'CML_Spikformer'; Spikingformer "
             f"cifar10/model.py: 'Spikingformer')"
         )
-    factory, reset_net = getattr(module, found[0]), legacy_functional.reset_net
-    model = FACTORIES[found[0]]
-    return model, identify(file, model, factory, reset_net), factory, reset_net
+    return FACTORIES[found[0]], getattr(module, found[0]), legacy_functional.reset_net
 
 
 def identify(file: Path, model: str, factory: callable, reset_net: callable) -> str:
@@ -130,10 +135,9 @@ def identify(file: Path, model: str, factory: callable, reset_net: callable) -> 
     one whose logits the file's model comes closest to from the same weights, on a batch of 2
     at T = 2, which must be within `SAME_NETWORK_ATOL` (a spike flipped by float rounding moves
     them by ~1e-4; another variant, by ~0.1)."""
-    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     gaps = {}
     for variant in list_downsamples():
-        ours, theirs = _same_weights(model, variant, factory, T=2, seed=0)
+        ours, theirs, images, _ = _same_weights(model, variant, factory, T=2, batch_size=2, seed=0)
         gaps[variant] = _logit_gap(ours, theirs, reset_net, images)
     best = min(gaps, key=gaps.get)
     if gaps[best] > SAME_NETWORK_ATOL:
@@ -145,14 +149,19 @@ def identify(file: Path, model: str, factory: callable, reset_net: callable) -> 
 
 
 def _same_weights(
-    model: str, variant: str, factory: callable, T: int, seed: int
-) -> tuple[nn.Module, nn.Module]:
+    model: str, variant: str, factory: callable, T: int, batch_size: int, seed: int
+) -> tuple[nn.Module, nn.Module, torch.Tensor, torch.Tensor]:
+    """Our reference-mode network, the file's network on its weights, and a batch (images,
+    labels): the weights and batch `benchmarks.throughput.Bench` draws from ``seed``, in its
+    order."""
     torch.manual_seed(seed)
     ours = create_model(model, downsample=variant, T=T, num_classes=10)
+    images = torch.rand(batch_size, 3, 32, 32)
+    labels = torch.randint(0, 10, (batch_size,))
     fast.configure(ours, "reference", device="cpu", retain_memory=False)
     theirs = factory(T=T, **CIFAR_CONFIG)
     load_weights(theirs, ours)
-    return ours, theirs
+    return ours, theirs, images, labels
 
 
 def _logit_gap(
@@ -220,17 +229,19 @@ class OfficialModel:
     the two compute one network.
     """
 
-    def __init__(self, file: Path, args: argparse.Namespace) -> None:
+    def __init__(
+        self, file: Path, args: argparse.Namespace, key: tuple[str, str] | None = None
+    ) -> None:
+        """``key``: the ``(model, variant)`` the file computes, as `variants` found it (else it
+        is identified again here)."""
         if torch.device(args.device).type != "cpu":
             raise ValueError("--official runs on CPU only (its CUDA backend needs CuPy)")
-        model, variant, factory, self.reset_net = load_official(file, args.legacy)
-        torch.manual_seed(args.seed)  # the weights and batch of `Bench`, drawn in its order
-        ours = create_model(model, downsample=variant, T=args.T, num_classes=10)
-        self.images = torch.rand(args.batch_size, 3, 32, 32)
-        self.labels = torch.randint(0, 10, (args.batch_size,))
-        fast.configure(ours, "reference", device="cpu", retain_memory=False)
-        self.model = factory(T=args.T, **CIFAR_CONFIG)
-        load_weights(self.model, ours)
+        if key is None:
+            key = load_official(file, args.legacy)[:2]
+        _, factory, self.reset_net = import_official(file, args.legacy)
+        ours, self.model, self.images, self.labels = _same_weights(
+            *key, factory, T=args.T, batch_size=args.batch_size, seed=args.seed
+        )
         self.params = sum(p.numel() for p in self.model.parameters())
         self.max_logit_diff = _logit_gap(ours, self.model, self.reset_net, self.images)
         del ours

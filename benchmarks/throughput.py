@@ -292,7 +292,7 @@ def _rss_kb(field: str) -> int:
 def child_memory(name: str, downsample: str, mode: str, args: argparse.Namespace) -> dict:
     """In a fresh process: warm up, then the RSS high-water mark of one train step, in MiB."""
     if mode == "official":  # `cpu_peak_mb` passes the one file for this variant
-        code = official.OfficialModel(args.official[0], args)
+        code = official.OfficialModel(args.official[0], args, (name, downsample))
         step, optimizer = code.train_step, code.optimizer
     else:
         bench = Bench(name, downsample, args, serving=mode)
@@ -354,7 +354,9 @@ def _serve(conn, name: str, downsample: str, label: str, args: argparse.Namespac
             anchor = PortAnchor(args)
             steps, params = {"train": anchor.train_step}, anchor.params
         elif label == "official":
-            code = official.OfficialModel(args.official_files[name, downsample], args)
+            code = official.OfficialModel(
+                args.official_files[name, downsample], args, (name, downsample)
+            )
             steps = {**code.steps, "logit_diff": lambda: code.max_logit_diff}
             params = code.params
         else:
@@ -428,7 +430,9 @@ def measure(name: str, downsample: str, args: argparse.Namespace) -> dict:
         anchor = PortAnchor(args) if "port" in labels else None
         code = None
         if "official" in labels:
-            code = official.OfficialModel(args.official_files[name, downsample], args)
+            code = official.OfficialModel(
+                args.official_files[name, downsample], args, (name, downsample)
+            )
 
         def in_process(label: str, kind: str) -> float:
             if label == "port":
