@@ -3,14 +3,17 @@ sites, and the reference parameter counts (spec section 3) to the integer."""
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 
 import pytest
 import torch
 from spikingjelly.activation_based import functional
+from spikingjelly.activation_based.neuron import BaseNode
 
 from gradprobe.downsample import DownsampleSite, list_downsamples
 from gradprobe.models import create_model, list_models
+from gradprobe.neuron import NeuronConfig
 from gradprobe.probe import find_sites
 
 VARIANTS = list_downsamples()
@@ -211,6 +214,85 @@ def test_spikingformer_dvs_tau_follows_reference() -> None:
     assert tiny("spikingformer_2_256_dvs", "maxpool_lif").neuron.tau == 1.75
     assert tiny("spikingformer_2_256_dvs", "maxpool_lif", tau=1.5).neuron.tau == 1.5
     assert tiny("spikformer_2_256_dvs", "maxpool_lif").neuron.tau == 2.0
+
+
+def test_the_tau_in_force_and_its_source_are_printed() -> None:
+    def first_line(name, downsample, **kwargs):
+        return repr(tiny(name, downsample, **kwargs)).splitlines()[1].strip()
+
+    assert first_line("spikingformer_2_256_dvs", "maxpool_lif") == (
+        "form='dvs', downsample='maxpool_lif', T=16, tau=1.75 (CML-Spikingformer DVS reference: "
+        "DVS tau follows the variant unless tau= is given)"
+    )
+    assert "tau=1.5 (Spikingformer DVS reference: DVS tau follows the variant" in first_line(
+        "spikingformer_2_256_dvs", "strided_conv"
+    )
+    assert first_line("spikingformer_2_256_dvs", "maxpool_lif", tau=1.5).endswith(
+        "tau=1.5 (set by tau=)"
+    )
+    assert first_line("spikformer_4_384_cifar", "maxpool_lif", neuron=NeuronConfig(tau=3.0)) == (
+        "form='cifar', downsample='maxpool_lif', T=4, tau=3.0 (set by neuron=)"
+    )
+    assert first_line("spikingformer_4_384_cifar", "maxpool_lif").endswith(
+        "tau=2.0 (Spikingformer reference)"
+    )
+
+
+def _settings(model: torch.nn.Module) -> dict[tuple[str, str], object]:
+    """Every plain setting of the model by (module, attribute): the numbers, flags, strings and
+    `NeuronConfig` fields of each module outside the sites; inside a site only those of its
+    spiking neurons (with their surrogates), keyed by site and order, since the site's layers
+    are the variant itself."""
+    modules = []
+    for site_name, site in model.downsample_sites().items():
+        nodes = [m for m in site.modules() if isinstance(m, BaseNode)]
+        for i, node in enumerate(nodes):
+            modules += [(f"{site_name}:lif{i}", node)]
+            modules += [(f"{site_name}:lif{i}.{n}", m) for n, m in node.named_children()]
+    inside = tuple(f"{name}." for name in model.downsample_sites())
+    modules += [
+        (name, module)
+        for name, module in model.named_modules()
+        if name not in model.downsample_sites() and not name.startswith(inside)
+    ]
+    settings = {}
+    for name, module in modules:
+        for attr, value in vars(module).items():
+            if isinstance(value, NeuronConfig):
+                settings.update(
+                    ((name, f"{attr}.{k}"), v) for k, v in dataclasses.asdict(value).items()
+                )
+            elif not attr.startswith("_") and isinstance(value, bool | int | float | str | tuple):
+                settings[(name, attr)] = value
+    del settings[("", "downsample")]  # the variant's own name
+    return settings
+
+
+def test_the_variant_changes_nothing_but_the_sites_except_spikingformer_dvs_tau() -> None:
+    # The README's claim, checked on every backbone: the only setting a variant changes outside
+    # its sites is the reference tau of Spikingformer's DVS models (1.5, or CML's 1.75 with
+    # maxpool_lif); every LIF of the model, in the sites too, takes it.
+    changed = {}
+    for name in list_models():
+        reference = _settings(tiny(name, "lif_maxpool"))
+        for downsample in VARIANTS:
+            settings = _settings(tiny(name, downsample))
+            assert settings.keys() == reference.keys(), (name, downsample)
+            diff = {k: (reference[k], v) for k, v in settings.items() if v != reference[k]}
+            if diff:
+                changed[(name, downsample)] = diff
+    assert set(changed) == {("spikingformer_2_256_dvs", "maxpool_lif")}
+    diff = changed[("spikingformer_2_256_dvs", "maxpool_lif")]
+    model = tiny("spikingformer_2_256_dvs", "maxpool_lif")
+    lifs = [n for n, m in model.named_modules() if isinstance(m, BaseNode)]
+    assert {attr for _, attr in diff} == {"tau", "neuron.tau", "tau_source"}
+    assert sum(attr == "tau" for _, attr in diff) == len(lifs)
+    assert {v for (_, attr), v in diff.items() if "tau" in attr and attr != "tau_source"} == {
+        (1.5, 1.75)
+    }
+    # holding tau fixed removes the exception
+    fixed = [_settings(tiny("spikingformer_2_256_dvs", d, tau=1.5)) for d in VARIANTS]
+    assert all(s == fixed[0] for s in fixed)
 
 
 def test_attention_lif_threshold() -> None:

@@ -1,13 +1,13 @@
 """Backbone registry: every backbone takes ``downsample: str`` and one factory builds them all.
 
-Families live one per file in this package and register themselves with `register_model`.
+Families live one per file in this package and register themselves with `register_model`;
+``layers`` holds shared blocks and ``transformer`` the one builder behind Spikformer and
+Spikingformer.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-
-from torch import nn
 
 from gradprobe.models.base import SpikingClassifier
 from gradprobe.registry import Registry
@@ -55,4 +55,4 @@ def _import_families() -> None:
 
 _import_families()
 
-__all__ = ["MODELS", "SpikingClassifier", "create_model", "list_models", "nn", "register_model"]
+__all__ = ["MODELS", "SpikingClassifier", "create_model", "list_models", "register_model"]

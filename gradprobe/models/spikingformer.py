@@ -12,10 +12,13 @@ site(conv3-BN, LIF, MP), conv4-BN``. With ``lif_maxpool`` this is the reference 
 H/8 and ``conv4`` at H/16.
 
 Membrane time constant (spec section 1): tau 2 on CIFAR/ImageNet; on DVS the reference uses
-1.5 for Spikingformer and 1.75 for CML-Spikingformer. With ``tau=None`` the DVS form therefore
-takes 1.75 when ``downsample="maxpool_lif"`` and 1.5 for every other variant (the two variants
-without reference code inherit Spikingformer's value); pass ``tau=`` to hold it fixed across
-variants, so that only the site order differs.
+1.5 for Spikingformer and 1.75 for CML-Spikingformer. With ``tau=None`` (and no ``neuron=``) the
+DVS form therefore takes 1.75 when ``downsample="maxpool_lif"`` and 1.5 for every other variant
+(the two variants without reference code inherit Spikingformer's value), which is what
+reproduces the CML paper's DVS numbers. This is the only place in any registered backbone where
+the variant changes something besides its sites (``tests/test_models.py`` checks it), so
+``print(model)`` shows the tau in force and where it comes from; pass ``tau=`` to hold it fixed
+across variants, so that only the site order differs.
 
 Reference quirk mirrored (parameter counts equal spec section 3's integers): unused LayerNorms
 ``norm1``/``norm2`` per block (4·D), listed by `Spikingformer.unused_parameters`, dropped with
@@ -25,146 +28,68 @@ Reference quirk mirrored (parameter counts equal spec section 3's integers): unu
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from gradprobe.downsample import ConvBN, PoolSpec
+from gradprobe.downsample import ConvBN
 from gradprobe.models import register_model
-from gradprobe.models.layers import (
-    SpikingMLP,
-    SpikingSelfAttention,
-    SpikingTransformer,
-    TransformerBlock,
-    get_form,
-    init_transformer_weights,
-    resolve_neuron,
-    stem_stages,
-)
+from gradprobe.models.layers import FORMS
+from gradprobe.models.transformer import Pointwise, Recipe, RecipeTransformer, Stem
 from gradprobe.neuron import NeuronConfig
 
 #: Reference DVS tau of Spikingformer and of CML-Spikingformer.
 DVS_TAU = 1.5
 CML_DVS_TAU = 1.75
+_FOLLOWS = "DVS tau follows the variant unless tau= is given"
 
 
-def default_tau(form: str, downsample: str) -> float:
-    """The reference membrane time constant for a form and variant (see the module docstring)."""
+def default_tau(form: str, downsample: str) -> tuple[float, str]:
+    """The reference membrane time constant for a form and variant, and where it comes from.
+
+    Tau 2 on CIFAR/ImageNet. On DVS the reference uses 1.5 for Spikingformer and 1.75 for
+    CML-Spikingformer (spec section 1), so ``maxpool_lif`` takes 1.75 and every other variant
+    1.5: the one place where a variant changes something besides its sites (see the module
+    docstring).
+
+    Example:
+        >>> default_tau("dvs", "maxpool_lif")
+        (1.75, 'CML-Spikingformer DVS reference: DVS tau follows the variant unless tau= is given')
+    """
     if form != "dvs":
-        return 2.0
-    return CML_DVS_TAU if downsample == "maxpool_lif" else DVS_TAU
+        return 2.0, "Spikingformer reference"
+    if downsample == "maxpool_lif":
+        return CML_DVS_TAU, f"CML-Spikingformer DVS reference: {_FOLLOWS}"
+    return DVS_TAU, f"Spikingformer DVS reference: {_FOLLOWS}"
 
 
-class SpikingformerStem(nn.Module):
+class SpikingformerStem(Stem):
     """The Spikingformer tokenizer regrouped into sites: four conv-BN-LIF stages (the last
     ``n_sites`` are downsampling sites) and a final conv-BN whose float output is the stream."""
 
-    def __init__(
-        self,
-        in_channels: int,
-        embed_dim: int,
-        n_sites: int,
-        downsample: str,
-        *,
-        neuron: NeuronConfig | None = None,
-        pool: PoolSpec | None = None,
-    ) -> None:
-        super().__init__()
-        self.stages = stem_stages(
-            in_channels, embed_dim, n_sites, downsample, neuron=neuron, pool=pool
-        )
+    def build_tail(self, embed_dim: int, neuron: NeuronConfig | None) -> None:
         self.embed = ConvBN(embed_dim, embed_dim)
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         return self.embed(self.stages(x_seq))
 
 
-class Spikingformer(SpikingTransformer):
+class Spikingformer(RecipeTransformer):
     """Spikingformer-L-D with every tokenizer downsampling site built as variant ``downsample``.
 
-    Args:
-        form: ``"cifar"``, ``"imagenet"`` or ``"dvs"``.
-        depth: Number of blocks L.
-        embed_dim: Embedding width D (divisible by 8 and by ``num_heads``).
-        num_heads: Attention heads.
-        mlp_ratio: MLP hidden width over D.
-        num_classes: Classes; ``None`` takes the form's (10, 1000, 10).
-        T: Time steps for static input; ``None`` takes the form's (4, 4, 16).
-        downsample: Variant at every site (default: the reference ``lif_maxpool``).
-        in_channels: Input channels; ``None`` takes the form's (3, 3, 2).
-        img_size: Input side; must be a multiple of 4 (CIFAR) or 16 (ImageNet/DVS).
-        neuron: LIF settings; ``None`` is the reference LIF with `default_tau`.
-        tau: Overrides the membrane time constant of every LIF.
-        attn_threshold: Threshold of the attention LIF (reference 0.5).
-        attn_scale: Attention scale (reference 0.125 in every form).
-        legacy_params: Create the unused LayerNorms (see the module docstring).
-        pool: Reduction geometry of the sites; ``None`` is MaxPool2d(3, 2, 1)'s.
+    Pre-activation: a LIF before every projection, so every conv reads spikes and attention and
+    MLP add BN floats to the residual stream. ``Conv1d`` q/k/v/proj without q/k/v bias and a
+    ``Conv2d`` 1x1 MLP in every form; attention scale 0.125; tau per `default_tau`, which on
+    DVS depends on the variant (``print(model)`` shows the tau in force and why). Takes the
+    arguments of `RecipeTransformer`.
     """
 
-    def __init__(
-        self,
-        *,
-        form: str,
-        depth: int,
-        embed_dim: int,
-        num_heads: int,
-        mlp_ratio: int = 4,
-        num_classes: int | None = None,
-        T: int | None = None,
-        downsample: str = "lif_maxpool",
-        in_channels: int | None = None,
-        img_size: int | None = None,
-        neuron: NeuronConfig | None = None,
-        tau: float | None = None,
-        attn_threshold: float = 0.5,
-        attn_scale: float = 0.125,
-        legacy_params: bool = True,
-        pool: PoolSpec | None = None,
-    ) -> None:
-        super().__init__()
-        spec = get_form(form)
-        self._set_input(
-            spec, downsample=downsample, T=T, in_channels=in_channels, img_size=img_size
-        )
-        self.form = form
-        self.num_classes = spec.num_classes if num_classes is None else int(num_classes)
-        self.neuron = resolve_neuron(neuron, tau, default_tau=default_tau(form, downsample))
-
-        self.stem = SpikingformerStem(
-            self.in_channels, embed_dim, spec.n_sites, downsample, neuron=self.neuron, pool=pool
-        )
-        self.blocks = nn.Sequential(
-            *(
-                TransformerBlock(
-                    SpikingSelfAttention(
-                        embed_dim,
-                        num_heads,
-                        scale=attn_scale,
-                        qkv_kind="conv1d",
-                        qkv_bias=False,
-                        proj_kind="conv1d",
-                        pre_lif=True,
-                        post_lif=False,
-                        neuron=self.neuron,
-                        attn_threshold=attn_threshold,
-                    ),
-                    SpikingMLP(
-                        embed_dim,
-                        mlp_ratio * embed_dim,
-                        kind="conv2d",
-                        pre_lif=True,
-                        neuron=self.neuron,
-                    ),
-                    embed_dim,
-                    legacy_norms=legacy_params,
-                )
-                for _ in range(depth)
-            )
-        )
-        self.head = nn.Linear(embed_dim, self.num_classes)
-        self.apply(init_transformer_weights)
-
-
-def _build(form: str, defaults: dict, kwargs: dict) -> Spikingformer:
-    return Spikingformer(form=form, **{**defaults, **kwargs})
+    recipe = Recipe(
+        stem=SpikingformerStem,
+        lif="pre",
+        pointwise=dict.fromkeys(
+            FORMS, Pointwise(qkv="conv1d", qkv_bias=False, proj="conv1d", mlp="conv2d")
+        ),
+        attn_scale=dict.fromkeys(FORMS, 0.125),
+        reference_tau=default_tau,
+    )
 
 
 def _cifar_heads(kwargs: dict) -> int:
@@ -179,7 +104,7 @@ def spikingformer_4_256_cifar(**kwargs: object) -> Spikingformer:
     Example:
         >>> model = spikingformer_4_256_cifar(downsample="maxpool_lif", num_classes=100)
     """
-    return _build("cifar", dict(depth=4, embed_dim=256, num_heads=8), kwargs)
+    return Spikingformer.create("cifar", kwargs, depth=4, embed_dim=256, num_heads=8)
 
 
 @register_model()
@@ -189,7 +114,9 @@ def spikingformer_2_384_cifar(**kwargs: object) -> Spikingformer:
     Example:
         >>> model = spikingformer_2_384_cifar(downsample="maxpool_lif")
     """
-    return _build("cifar", dict(depth=2, embed_dim=384, num_heads=_cifar_heads(kwargs)), kwargs)
+    return Spikingformer.create(
+        "cifar", kwargs, depth=2, embed_dim=384, num_heads=_cifar_heads(kwargs)
+    )
 
 
 @register_model()
@@ -199,7 +126,9 @@ def spikingformer_4_384_cifar(**kwargs: object) -> Spikingformer:
     Example:
         >>> model = spikingformer_4_384_cifar(downsample="maxpool_lif", num_classes=10, T=4)
     """
-    return _build("cifar", dict(depth=4, embed_dim=384, num_heads=_cifar_heads(kwargs)), kwargs)
+    return Spikingformer.create(
+        "cifar", kwargs, depth=4, embed_dim=384, num_heads=_cifar_heads(kwargs)
+    )
 
 
 @register_model()
@@ -209,7 +138,7 @@ def spikingformer_8_384_imagenet(**kwargs: object) -> Spikingformer:
     Example:
         >>> model = spikingformer_8_384_imagenet(downsample="maxpool_lif")
     """
-    return _build("imagenet", dict(depth=8, embed_dim=384, num_heads=8), kwargs)
+    return Spikingformer.create("imagenet", kwargs, depth=8, embed_dim=384, num_heads=8)
 
 
 @register_model()
@@ -219,7 +148,7 @@ def spikingformer_8_512_imagenet(**kwargs: object) -> Spikingformer:
     Example:
         >>> model = spikingformer_8_512_imagenet(downsample="maxpool_lif")
     """
-    return _build("imagenet", dict(depth=8, embed_dim=512, num_heads=8), kwargs)
+    return Spikingformer.create("imagenet", kwargs, depth=8, embed_dim=512, num_heads=8)
 
 
 @register_model()
@@ -229,7 +158,7 @@ def spikingformer_8_768_imagenet(**kwargs: object) -> Spikingformer:
     Example:
         >>> model = spikingformer_8_768_imagenet(downsample="maxpool_lif")
     """
-    return _build("imagenet", dict(depth=8, embed_dim=768, num_heads=8), kwargs)
+    return Spikingformer.create("imagenet", kwargs, depth=8, embed_dim=768, num_heads=8)
 
 
 @register_model()
@@ -240,4 +169,4 @@ def spikingformer_2_256_dvs(**kwargs: object) -> Spikingformer:
     Example:
         >>> model = spikingformer_2_256_dvs(downsample="maxpool_lif", T=16)  # tau 1.75
     """
-    return _build("dvs", dict(depth=2, embed_dim=256, num_heads=16), kwargs)
+    return Spikingformer.create("dvs", kwargs, depth=2, embed_dim=256, num_heads=16)
