@@ -134,7 +134,7 @@ def build_report(
     out.mkdir(parents=True, exist_ok=True)
     results = load_results(results_path, metric=metric, history=figures)
     cells = summarize_cells(results.runs, alpha)
-    tables, not_covered = build_tables(cells, metric, alpha)
+    tables, not_covered = build_tables(cells, metric, alpha, results.labels)
 
     files: list[Path] = []
     for table in tables:
@@ -146,7 +146,7 @@ def build_report(
     snaps = snapshots(results)
     precision = summarize_precision(snaps, cells)
     if not precision.empty:
-        display, n_labels = precision_display(precision)
+        display, n_labels = precision_display(precision, results.labels)
         files += write_formats(
             out, "precision", precision, display, precision_caption(METRIC_WORDS[metric]),
             n_labels, longtable=True,  # a row per cell and site: may run over pages
@@ -165,9 +165,9 @@ def build_report(
     if figures:
         from reports.figures import model_palette, plot_fig2, plot_precision
 
-        palette = model_palette(results.usable)
+        palette = model_palette(results.usable, results.labels)
         files += plot_fig2(results, out, errorbar, palette)
-        files += plot_precision(snaps, out, probe_x, errorbar, palette)
+        files += plot_precision(snaps, out, probe_x, errorbar, palette, results.labels)
 
     coverage = coverage_summary(results, tables, not_covered, len(precision))
     (out / "coverage.md").write_text(coverage)

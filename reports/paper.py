@@ -5,33 +5,29 @@ number). `paper_reference` turns the rows that belong to Spikformer and Spikingf
 backbones our registry reproduces, into keys that line up with our runs: dataset, family,
 ``L-D`` architecture, time steps, epochs and downsampling variant. The other methods the paper
 quotes (TET, SEW ResNet, ...) stay in the CSV but are not our rows.
+
+Variant labels come from the one torch-free table, `gradprobe.labels`. A variant that table does
+not know (one registered in the process that trained it) is named by the label its run
+documents carry (``downsample_label``); `reports.load.Results.labels` holds those, and the
+functions below take them as ``labels``.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from functools import cache
 from importlib import resources
 
 import pandas as pd
 
+from gradprobe import labels as label_table
+
 BASELINE = "lif_maxpool"
 
-# Registry name -> the paper's name, in the paper's row order (Table 1).
-VARIANT_LABELS = {
-    "lif_maxpool": "ConvBN-LIF-MaxPool",
-    "maxpool_lif": "ConvBN-MaxPool-LIF",
-    "avgpool_lif": "ConvBN-AvgPool-LIF",
-    "strided_conv": "ConvBN(stride=2)-LIF",
-}
-
-# How Tables 2-5 name a backbone with a variant: "Spikformer", "Spikformer + CML".
-VARIANT_SUFFIXES = {
-    "lif_maxpool": "",
-    "maxpool_lif": " + CML",
-    "avgpool_lif": " + ConvBN-AvgPool-LIF",
-    "strided_conv": " + ConvBN(stride=2)-LIF",
-}
+# How Tables 2-5 name a backbone with a variant where it is not "<backbone> + <variant label>":
+# "Spikformer" (the baseline), "Spikformer + CML".
+VARIANT_SUFFIXES = {"lif_maxpool": "", "maxpool_lif": " + CML"}
 
 FAMILY_LABELS = {"spikformer": "Spikformer", "spikingformer": "Spikingformer"}
 
@@ -51,9 +47,12 @@ _ARCH = re.compile(r"^(?P<family>[A-Za-z]+)-(?P<depth>\d+)-(?P<dim>\d+)(?:-(?P<e
 _MODEL = re.compile(r"^(?P<family>[a-z0-9]+)_(?P<depth>\d+)_(?P<dim>\d+)(?:_.*)?$")
 
 
-def variant_label(variant: str) -> str:
-    """The paper's name of a downsampling variant (unknown variants keep their registry name)."""
-    return VARIANT_LABELS.get(variant, variant)
+def variant_label(variant: str, labels: Mapping[str, str] | None = None) -> str:
+    """A downsampling variant's label: from ``labels`` (run documents), else the paper's name or
+    a registered label (`gradprobe.labels`), else the registry name."""
+    if labels and variant in labels:
+        return labels[variant]
+    return label_table.variant_label(variant)
 
 
 def family_label(family: str) -> str:
@@ -66,15 +65,24 @@ def dataset_label(dataset: str) -> str:
     return DATASET_LABELS.get(dataset, dataset.replace("_", " ").capitalize())
 
 
-def method_label(family: str, variant: str) -> str:
+def method_label(family: str, variant: str, labels: Mapping[str, str] | None = None) -> str:
     """Row label of Tables 2-5: ``"Spikformer"`` for the baseline, ``"Spikformer + CML"``, ...
 
     Example:
         >>> method_label("spikingformer", "maxpool_lif")
         'Spikingformer + CML'
+        >>> method_label("spikformer", "avgpool_lif")
+        'Spikformer + ConvBN-AvgPool-LIF'
     """
-    suffix = VARIANT_SUFFIXES.get(variant, f" + {variant}")
+    suffix = VARIANT_SUFFIXES.get(variant, f" + {variant_label(variant, labels)}")
     return f"{family_label(family)}{suffix}"
+
+
+def method_labels(frame: pd.DataFrame, labels: Mapping[str, str] | None = None) -> list[str]:
+    """`method_label` of every row of a frame with ``family`` and ``variant`` columns."""
+    return [
+        method_label(f, v, labels) for f, v in zip(frame["family"], frame["variant"], strict=True)
+    ]
 
 
 def parse_model(model: str, family: str | None = None) -> tuple[str, str, int | None, int | None]:
@@ -128,11 +136,8 @@ def paper_tables() -> pd.DataFrame:
 
 
 def _paper_variant(table: int, method: str, family_name: str) -> str | None:
-    if table == 1:
-        by_label = {label: name for name, label in VARIANT_LABELS.items()}
-        return by_label.get(method)
-    for name, suffix in VARIANT_SUFFIXES.items():
-        if method == f"{family_name}{suffix}":
+    for name in label_table.BUILTIN_ORDER:  # the paper's rows are the built-in variants
+        if method == (variant_label(name) if table == 1 else method_label(family_name, name)):
             return name
     return None
 

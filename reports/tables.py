@@ -9,6 +9,7 @@ datasets the paper lacks (e.g. the quickstart's ``digits``) get a Table-1 layout
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,7 +20,7 @@ from reports.paper import (
     BASELINE,
     arch_label,
     dataset_label,
-    method_label,
+    method_labels,
     paper_datasets,
     paper_reference,
     variant_label,
@@ -169,7 +170,9 @@ def _attach_paper(ours: pd.DataFrame, ref: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([ours, unmatched[[c for c in unmatched if c in ours or c == "paper"]]])
 
 
-def _tidy(spec: TableSpec, cells: pd.DataFrame, metric: str) -> pd.DataFrame:
+def _tidy(
+    spec: TableSpec, cells: pd.DataFrame, metric: str, labels: Mapping[str, str] | None
+) -> pd.DataFrame:
     datasets = spec.datasets or tuple(sorted(set(cells["dataset"]) - set(paper_datasets())))
     ours = cells[cells["dataset"].isin(datasets)]
     if ours.empty:
@@ -181,10 +184,9 @@ def _tidy(spec: TableSpec, cells: pd.DataFrame, metric: str) -> pd.DataFrame:
         ours = ours.assign(paper=np.nan, paper_params_m=np.nan)
     ours = ours.assign(
         table=spec.stem,
-        method=[
-            variant_label(v) if spec.by_variant else method_label(f, v)
-            for f, v in zip(ours["family"], ours["variant"], strict=True)
-        ],
+        method=[variant_label(v, labels) for v in ours["variant"]]
+        if spec.by_variant
+        else method_labels(ours, labels),
         diff_to_paper=ours["mean"] - ours["paper"],
         metric=metric,
     )
@@ -270,14 +272,25 @@ def _missing_cells(tidy: pd.DataFrame) -> tuple[str, ...]:
 
 
 def build_table(
-    spec: TableSpec, cells: pd.DataFrame, metric: str, alpha: float = ALPHA
+    spec: TableSpec,
+    cells: pd.DataFrame,
+    metric: str,
+    alpha: float = ALPHA,
+    labels: Mapping[str, str] | None = None,
 ) -> Table | None:
     """Build one table from the cells of `reports.stats.summarize_cells`.
+
+    Args:
+        spec: The table's layout.
+        cells: Cell statistics.
+        metric: The accuracy the cells hold (a key of `METRIC_WORDS`).
+        alpha: Significance level stated in the caption.
+        labels: Variant labels from the run documents (`reports.load.Results.labels`).
 
     Returns:
         The table, or ``None`` when no run of ours falls into it (it is then "not covered").
     """
-    tidy = _tidy(spec, cells, metric)
+    tidy = _tidy(spec, cells, metric, labels)
     if tidy.empty or not (tidy["n"] + tidy["n_failed"] + tidy["n_incomplete"]).any():
         return None
     display, n_labels = _display(spec, tidy)
@@ -292,17 +305,21 @@ def build_table(
 
 
 def build_tables(
-    cells: pd.DataFrame, metric: str, alpha: float = ALPHA
+    cells: pd.DataFrame,
+    metric: str,
+    alpha: float = ALPHA,
+    labels: Mapping[str, str] | None = None,
 ) -> tuple[list[Table], list[TableSpec]]:
-    """All tables the cells can fill, and the specs of those they cannot.
+    """All tables the cells can fill (see `build_table`), and the specs of those they cannot.
 
     Example:
         >>> results = load_results("sweeps/quickstart")
-        >>> tables, not_covered = build_tables(summarize_cells(results.runs), results.metric)
+        >>> cells = summarize_cells(results.runs)
+        >>> tables, not_covered = build_tables(cells, results.metric, labels=results.labels)
     """
     built, empty = [], []
     for spec in (*TABLES, OTHER):
-        table = build_table(spec, cells, metric, alpha)
+        table = build_table(spec, cells, metric, alpha, labels)
         if table is None:
             if spec.number:
                 empty.append(spec)
