@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from reports.load import CELL_KEYS, RUN_COLUMNS, Results, load_results
+from reports.paper import TableSpec
 from reports.precision import (
     precision_caption,
     precision_curves,
@@ -31,7 +32,7 @@ from reports.precision import (
 )
 from reports.render import CSV_FLOAT, write_formats
 from reports.stats import ALPHA, sort_cells, summarize_cells
-from reports.tables import METRIC_WORDS, Table, TableSpec, build_tables
+from reports.tables import METRIC_WORDS, Table, build_tables
 
 _STANDALONE = r"""\documentclass{article}
 \usepackage[a3paper,landscape,margin=1cm]{geometry}

@@ -4,7 +4,8 @@ The paper's Tables 1-5 ship as data (``reports/data/paper_tables.csv``, one row 
 number). `paper_reference` turns the rows that belong to Spikformer and Spikingformer, the only
 backbones our registry reproduces, into keys that line up with our runs: dataset, family,
 ``L-D`` architecture, time steps, epochs and downsampling variant. The other methods the paper
-quotes (TET, SEW ResNet, ...) stay in the CSV but are not our rows.
+quotes (TET, SEW ResNet, ...) stay in the CSV but are not our rows. `TABLES` says how each of
+the paper's tables is laid out (`TableSpec`); `reports.tables` fills them.
 
 Variant labels come from the one torch-free table, `gradprobe.labels`. A variant that table does
 not know (one registered in the process that trained it) is named by the label its run
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
@@ -183,3 +185,74 @@ def paper_reference() -> pd.DataFrame:
 def paper_datasets() -> list[str]:
     """Our names of the datasets the paper reports, sorted."""
     return sorted(paper_reference()["dataset"].unique())
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """How one of the paper's tables is laid out.
+
+    Attributes:
+        stem: Output file name without suffix.
+        number: The paper's table number; ``None`` for a table of our runs only.
+        title: First sentence of the caption.
+        datasets: Our dataset names, one column group each (empty: every dataset the paper
+            lacks).
+        by_variant: Rows named by variant and backbone (Table 1), else by method and
+            architecture (Tables 2-5).
+        params: Add a "Param (M)" column.
+        default_epochs: Architecture labels omit this training length (the paper's
+            ``Spikformer-4-384`` is 300 epochs); ``None`` always shows it.
+        epochs_in_rows: Runs of different lengths get rows of their own; ``False`` where the
+            paper does not state epochs (Table 4) unless our runs differ within a dataset.
+        family_order: Backbone families in the paper's row order.
+    """
+
+    stem: str
+    number: int | None
+    title: str
+    datasets: tuple[str, ...]
+    by_variant: bool = False
+    params: bool = False
+    default_epochs: int | None = None
+    epochs_in_rows: bool = True
+    family_order: tuple[str, ...] = ("spikformer", "spikingformer")
+
+
+TABLES = (
+    TableSpec(
+        "table1",
+        1,
+        "The four downsampling variants on CIFAR10/100 (paper Table 1)",
+        ("cifar10", "cifar100"),
+        by_variant=True,
+        family_order=("spikingformer", "spikformer"),
+    ),
+    TableSpec(
+        "table2",
+        2,
+        "ImageNet, model sizes (paper Table 2)",
+        ("imagenet",),
+        params=True,
+        default_epochs=300,
+    ),
+    TableSpec(
+        "table3",
+        3,
+        "CIFAR10/100, model sizes (paper Table 3)",
+        ("cifar10", "cifar100"),
+        params=True,
+        default_epochs=300,
+    ),
+    TableSpec(
+        "table4",
+        4,
+        "Neuromorphic datasets at T=10/16 (paper Table 4)",
+        ("cifar10_dvs", "dvs128_gesture"),
+        epochs_in_rows=False,
+    ),
+    TableSpec("table5", 5, "Training length on CIFAR10 (paper Table 5)", ("cifar10",)),
+)
+OTHER = TableSpec(
+    "table1_other", None, "The downsampling variants on datasets the paper does not report "
+    "(our runs only, Table-1 layout)", (), by_variant=True,
+)  # fmt: skip

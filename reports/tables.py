@@ -1,6 +1,7 @@
 """The paper's Tables 1-5 rebuilt from our cells, with the paper's numbers side by side.
 
-Each table is a `TableSpec`: which datasets it holds and how the paper labels its rows. Table 1
+Each table is a `reports.paper.TableSpec`: which datasets it holds and how the paper labels its
+rows. Table 1
 names rows by variant ("ConvBN-MaxPool-LIF") and backbone; Tables 2-5 by method ("Spikformer +
 CML") and architecture. Every table lists the paper's Spikformer/Spikingformer rows (so that a
 missing run shows as "—") and every cell of ours on its datasets, reference or not. Runs on
@@ -18,6 +19,9 @@ import pandas as pd
 from reports.load import CELL_KEYS
 from reports.paper import (
     BASELINE,
+    OTHER,
+    TABLES,
+    TableSpec,
     arch_label,
     dataset_label,
     method_labels,
@@ -46,77 +50,6 @@ TIDY_COLUMNS = [
     "n", "mean", "sd", "delta", "p_value", "significant", "paper", "diff_to_paper",
     "n_failed", "n_incomplete", "seeds", "params_m", "metric",
 ]  # fmt: skip
-
-
-@dataclass(frozen=True)
-class TableSpec:
-    """How one of the paper's tables is laid out.
-
-    Attributes:
-        stem: Output file name without suffix.
-        number: The paper's table number; ``None`` for a table of our runs only.
-        title: First sentence of the caption.
-        datasets: Our dataset names, one column group each (empty: every dataset the paper
-            lacks).
-        by_variant: Rows named by variant and backbone (Table 1), else by method and
-            architecture (Tables 2-5).
-        params: Add a "Param (M)" column.
-        default_epochs: Architecture labels omit this training length (the paper's
-            ``Spikformer-4-384`` is 300 epochs); ``None`` always shows it.
-        epochs_in_rows: Runs of different lengths get rows of their own; ``False`` where the
-            paper does not state epochs (Table 4) unless our runs differ within a dataset.
-        family_order: Backbone families in the paper's row order.
-    """
-
-    stem: str
-    number: int | None
-    title: str
-    datasets: tuple[str, ...]
-    by_variant: bool = False
-    params: bool = False
-    default_epochs: int | None = None
-    epochs_in_rows: bool = True
-    family_order: tuple[str, ...] = ("spikformer", "spikingformer")
-
-
-TABLES = (
-    TableSpec(
-        "table1",
-        1,
-        "The four downsampling variants on CIFAR10/100 (paper Table 1)",
-        ("cifar10", "cifar100"),
-        by_variant=True,
-        family_order=("spikingformer", "spikformer"),
-    ),
-    TableSpec(
-        "table2",
-        2,
-        "ImageNet, model sizes (paper Table 2)",
-        ("imagenet",),
-        params=True,
-        default_epochs=300,
-    ),
-    TableSpec(
-        "table3",
-        3,
-        "CIFAR10/100, model sizes (paper Table 3)",
-        ("cifar10", "cifar100"),
-        params=True,
-        default_epochs=300,
-    ),
-    TableSpec(
-        "table4",
-        4,
-        "Neuromorphic datasets at T=10/16 (paper Table 4)",
-        ("cifar10_dvs", "dvs128_gesture"),
-        epochs_in_rows=False,
-    ),
-    TableSpec("table5", 5, "Training length on CIFAR10 (paper Table 5)", ("cifar10",)),
-)
-OTHER = TableSpec(
-    "table1_other", None, "The downsampling variants on datasets the paper does not report "
-    "(our runs only, Table-1 layout)", (), by_variant=True,
-)  # fmt: skip
 
 
 @dataclass(frozen=True)

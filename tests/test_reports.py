@@ -29,11 +29,11 @@ from reports.__main__ import main
 from reports.build import build_report
 from reports.figures import model_palette
 from reports.load import load_results
-from reports.paper import paper_reference, paper_tables, parse_model
+from reports.paper import TABLES, paper_reference, paper_tables, parse_model
 from reports.precision import snapshots, summarize_precision
 from reports.render import latex_escape, to_latex
 from reports.stats import summarize_cells
-from reports.tables import TABLES, build_table
+from reports.tables import build_table
 
 
 def _doc(run_id, acc, *, dataset="cifar10", variant="lif_maxpool", seed=0, family="spikformer",
