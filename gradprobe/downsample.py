@@ -15,7 +15,8 @@ registry name     paper name               order at the site
 
 All modules are multi-step: ``[T, B, C, H, W] → [T, B, C', H', W']``. Sub-module names are the
 same in every variant (``conv``, ``bn``, ``pool``, ``lif``) so that state dicts line up and the
-probe can find the pieces of a site by name.
+probe can find the pieces of a site by name. The paper names and their order live in
+`gradprobe.labels`, which plots and reports read without importing torch.
 """
 
 from __future__ import annotations
@@ -27,17 +28,11 @@ import torch
 from spikingjelly.activation_based import layer
 from torch import nn
 
+from gradprobe.labels import add_label
 from gradprobe.neuron import NeuronConfig, make_neuron
 from gradprobe.registry import Registry
 
 DOWNSAMPLES: Registry[Callable[..., DownsampleSite]] = Registry("downsampling variant")
-
-PAPER_NAMES = {
-    "lif_maxpool": "ConvBN-LIF-MaxPool",
-    "maxpool_lif": "ConvBN-MaxPool-LIF",
-    "avgpool_lif": "ConvBN-AvgPool-LIF",
-    "strided_conv": "ConvBN(stride=2)-LIF",
-}
 
 
 @dataclass(frozen=True)
@@ -248,7 +243,28 @@ def list_downsamples(pattern: str = "*") -> list[str]:
     return DOWNSAMPLES.names(pattern)
 
 
-def register_downsample(name: str) -> Callable:
-    """Decorator registering a fifth variant: a `DownsampleSite` subclass or a factory with the
-    signature of `build_downsample` minus ``name``. A duplicate name raises ``ValueError``."""
-    return DOWNSAMPLES.register(name)
+def register_downsample(name: str, *, label: str | None = None) -> Callable:
+    """Decorator registering a new variant: a `DownsampleSite` subclass or a factory with the
+    signature of `build_downsample` minus ``name``.
+
+    Args:
+        name: Registry name; a duplicate raises ``ValueError``.
+        label: Display label in figures and tables (`gradprobe.labels.variant_label`); the
+            name itself if ``None``.
+
+    Example:
+        >>> @register_downsample("lif_maxpool_k2", label="ConvBN-LIF-MaxPool(2x2)")
+        ... def lif_maxpool_k2(in_channels, out_channels, kernel_size=3, *, neuron=None,
+        ...                    pool=None):
+        ...     return build_downsample("lif_maxpool", in_channels, out_channels, kernel_size,
+        ...                             neuron=neuron, pool=PoolSpec(2, 2, 0))
+    """
+    register = DOWNSAMPLES.register(name)
+
+    def wrap(builder: Callable) -> Callable:
+        builder = register(builder)  # a duplicate name raises before any label is recorded
+        if label is not None:
+            add_label(name, label)
+        return builder
+
+    return wrap

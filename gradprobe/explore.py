@@ -33,12 +33,12 @@ from gradprobe.attribution import site_attribution
 from gradprobe.cost import cost_report
 from gradprobe.data import DIGITS_CLASSES, load_digits, load_image_folder
 from gradprobe.downsample import (
-    PAPER_NAMES,
     DownsampleSite,
     PoolSpec,
     build_downsample,
     list_downsamples,
 )
+from gradprobe.labels import sort_variants
 from gradprobe.models import create_model
 from gradprobe.neuron import NeuronConfig
 from gradprobe.probe import SiteRecord, attach_probe, summarize
@@ -130,9 +130,8 @@ def passthrough_site(
 
 
 def variants() -> list[str]:
-    """The registered variants, the paper's four first in its Table 1 order."""
-    names = list_downsamples()
-    return [v for v in PAPER_NAMES if v in names] + [v for v in names if v not in PAPER_NAMES]
+    """The registered variants in display order: the paper's four first, in its Table 1 order."""
+    return sort_variants(list_downsamples())
 
 
 def _build(model: str | Callable[[str], nn.Module], variant: str, seed: int, kwargs: dict):

@@ -6,10 +6,11 @@ here, so the same calls serve notebooks (inline display) and tests (``fig.savefi
 
 One marker vocabulary throughout: a hollow white circle is the window's argmax of x (where
 eq. (11) lands the gradient), a cross is where the variant actually lands it, green when it
-hits the argmax and red (joined to the argmax by a line) when it misses.
+hits the argmax and red (joined to the argmax by a line) when it misses. Variants are named
+and ordered by `gradprobe.labels`.
 
-Figures of a results store over training (Fig. 2, precision curves) live in ``reports``; the
-one here, `plot_precision_vs_accuracy`, takes plain frames and knows nothing of the store.
+Figures of a sweep's results over training (Fig. 2, precision curves, precision against
+accuracy) live in ``reports.figures``.
 """
 
 from __future__ import annotations
@@ -23,21 +24,10 @@ import seaborn as sns
 import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
-from matplotlib.ticker import MaxNLocator
 
-from gradprobe.downsample import PAPER_NAMES
+from gradprobe.labels import sort_variants, variant_label
 
 HIT, MISS, ARGMAX = "#2ca02c", "#d62728", "white"
-
-
-def variant_label(variant: str) -> str:
-    """The paper's name of a registered variant (others keep their name)."""
-    return PAPER_NAMES.get(variant, variant)
-
-
-def _ordered(variants: Sequence[str]) -> list[str]:
-    known = [v for v in PAPER_NAMES if v in set(variants)]
-    return known + [v for v in dict.fromkeys(variants) if v not in PAPER_NAMES]
 
 
 def _rc(flat: torch.Tensor | np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -210,7 +200,7 @@ def plot_timestep_metrics(
         hue: Column that colours the bars.
     """
     sites = list(dict.fromkeys(frame["site"]))
-    order = _ordered(frame[hue].tolist()) if hue == "variant" else None
+    order = sort_variants(frame[hue]) if hue == "variant" else None
     data = frame.assign(**{hue: frame[hue].map(variant_label)}) if hue == "variant" else frame
     hue_order = [variant_label(v) for v in order] if order else None
     fig, axes = plt.subplots(len(metrics), len(sites), squeeze=False, layout="constrained",
@@ -244,7 +234,7 @@ def plot_site_heatmaps(
         metrics: Metric columns, one heatmap each.
         index: Columns naming a row.
     """
-    columns = _ordered(table["variant"].tolist())
+    columns = sort_variants(table["variant"])
     rows = table.drop_duplicates(list(index))[list(index)]
     labels = [" · ".join(str(v) for v in r) for r in rows.itertuples(index=False)]
     fig, axes = plt.subplots(1, len(metrics), squeeze=False, layout="constrained",
@@ -296,56 +286,4 @@ def plot_attributions(
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    return fig
-
-
-def plot_precision_vs_accuracy(
-    probe: pd.DataFrame,
-    history: pd.DataFrame,
-    hue: str = "model",
-    metric: str = "mass_at_argmax",
-    accuracy: str = "test_top1",
-) -> Figure:
-    """Landing precision during training beside accuracy: over epochs, and one against the other.
-
-    Args:
-        probe: Probe snapshots with ``epoch``, ``hue`` and ``metric`` (averaged over sites and
-            runs per epoch; NaN values, e.g. ``strided_conv``'s, are left out), e.g.
-            `reports.precision.snapshots`. With a ``variant`` column, lines follow the paper's
-            variant order.
-        history: Per-epoch rows with ``epoch`` and ``accuracy``; rows without a ``hue`` column
-            take it from ``probe`` through a shared ``run_id``.
-        hue: Column naming a line (e.g. the model label).
-        metric: Probe metric; ``mass_at_argmax`` equals precision for max pools and is also
-            defined for average pools.
-        accuracy: History column.
-    """
-    if hue not in history:
-        names = probe.drop_duplicates("run_id").set_index("run_id")[hue]
-        history = history.assign(**{hue: history["run_id"].astype(str).map(names)})
-    prec = probe.groupby([hue, "epoch"], sort=False)[metric].mean().rename(metric)
-    acc = history.groupby([hue, "epoch"], sort=False)[accuracy].mean().rename(accuracy)
-    both = pd.concat([prec, acc], axis=1).reset_index()
-    labels = probe.drop_duplicates(hue)
-    if "variant" in labels:  # lines in the paper's variant order, as reports draws them
-        rank = {v: i for i, v in enumerate(PAPER_NAMES)}
-        labels = labels.sort_values("variant", key=lambda v: v.map(rank).fillna(len(rank)))
-    order = list(dict.fromkeys([*labels[hue].dropna(), *history[hue].dropna()]))
-    fig, axes = plt.subplots(1, 3, figsize=(13.5, 4.2), layout="constrained")
-    for name, color in zip(order, sns.color_palette(n_colors=len(order)), strict=True):
-        rows = both[both[hue] == name].sort_values("epoch")
-        axes[0].plot(rows["epoch"], rows[metric], "o-", color=color, label=name)
-        axes[1].plot(rows["epoch"], rows[accuracy], "o-", color=color, label=name)
-        pairs = rows.dropna(subset=[metric, accuracy])
-        axes[2].plot(pairs[metric], pairs[accuracy], "-", color=color, alpha=0.6)
-        axes[2].scatter(pairs[metric], pairs[accuracy], color=color,
-                        s=[20 + 40 * (e == pairs["epoch"].max()) for e in pairs["epoch"]])  # fmt: skip
-    axes[0].set(xlabel="epoch", ylabel=metric.replace("_", " "), ylim=(-0.02, 1.02))
-    axes[1].set(xlabel="epoch", ylabel=f"{accuracy} (%)")
-    axes[2].set(xlabel=f"{metric.replace('_', ' ')} (mean over sites)",
-                ylabel=f"{accuracy} (%)", title="one dot per epoch (last: large)")  # fmt: skip
-    for ax in axes[:2]:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=4,
-               fontsize=8)  # fmt: skip
     return fig

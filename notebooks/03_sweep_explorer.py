@@ -46,8 +46,8 @@ from IPython.display import Image, Markdown, display
 
 import ablations
 from ablations.store import iter_runs
-from gradprobe.plots import plot_precision_vs_accuracy
 from reports.build import build_report
+from reports.figures import plot_precision_vs_accuracy
 from reports.load import load_results
 from reports.precision import snapshots
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+import matplotlib
+
 from reports.build import build_report
 from reports.load import METRICS
 from reports.stats import ALPHA
@@ -41,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("--no-figures", action="store_true", help="tables only")
     args = parser.parse_args(argv)
 
+    matplotlib.use("Agg")  # files only; a library import leaves a notebook's backend alone
     report = build_report(
         args.results, args.out, metric=args.metric, alpha=args.alpha, errorbar=args.errorbar,
         probe_x=args.probe_x, figures=not args.no_figures,

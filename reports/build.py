@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from reports.load import CELL_KEYS, RUN_COLUMNS, Results, load_results
+from reports.paper import TableSpec
 from reports.precision import (
     precision_caption,
     precision_curves,
@@ -31,7 +32,7 @@ from reports.precision import (
 )
 from reports.render import CSV_FLOAT, write_formats
 from reports.stats import ALPHA, sort_cells, summarize_cells
-from reports.tables import METRIC_WORDS, Table, TableSpec, build_tables
+from reports.tables import METRIC_WORDS, Table, build_tables
 
 _STANDALONE = r"""\documentclass{article}
 \usepackage[a3paper,landscape,margin=1cm]{geometry}
@@ -134,7 +135,7 @@ def build_report(
     out.mkdir(parents=True, exist_ok=True)
     results = load_results(results_path, metric=metric, history=figures)
     cells = summarize_cells(results.runs, alpha)
-    tables, not_covered = build_tables(cells, metric, alpha)
+    tables, not_covered = build_tables(cells, metric, alpha, results.labels)
 
     files: list[Path] = []
     for table in tables:
@@ -146,7 +147,7 @@ def build_report(
     snaps = snapshots(results)
     precision = summarize_precision(snaps, cells)
     if not precision.empty:
-        display, n_labels = precision_display(precision)
+        display, n_labels = precision_display(precision, results.labels)
         files += write_formats(
             out, "precision", precision, display, precision_caption(METRIC_WORDS[metric]),
             n_labels, longtable=True,  # a row per cell and site: may run over pages
@@ -165,9 +166,9 @@ def build_report(
     if figures:
         from reports.figures import model_palette, plot_fig2, plot_precision
 
-        palette = model_palette(results.usable)
+        palette = model_palette(results.usable, results.labels)
         files += plot_fig2(results, out, errorbar, palette)
-        files += plot_precision(snaps, out, probe_x, errorbar, palette)
+        files += plot_precision(snaps, out, probe_x, errorbar, palette, results.labels)
 
     coverage = coverage_summary(results, tables, not_covered, len(precision))
     (out / "coverage.md").write_text(coverage)

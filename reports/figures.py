@@ -1,27 +1,27 @@
-"""Fig. 2 (loss and accuracy per epoch) and the gradient-precision curves, as PNG and PDF.
+"""Figures of a sweep: Fig. 2 (loss and accuracy per epoch), the gradient-precision curves,
+and precision against accuracy.
 
-One figure per configuration (dataset, L-D, T, epochs), with a line per model (family ×
-variant) and a band over seeds from seaborn's ``lineplot``: ``errorbar="sd"`` (mean ± one sample
-sd, the default) or ``"ci"`` (95 % bootstrap interval of the mean, seeded so that reruns are
-identical). Files carry no creation date or software stamp, so the same inputs give the same
-bytes.
+`plot_fig2` and `plot_precision` write one figure per configuration (dataset, L-D, T, epochs)
+as PNG and PDF, with a line per model (family × variant) and a band over seeds from seaborn's
+``lineplot``: ``errorbar="sd"`` (mean ± one sample sd, the default) or ``"ci"`` (95 % bootstrap
+interval of the mean, seeded so that reruns are identical). Files carry no creation date or
+software stamp, so the same inputs give the same bytes. `plot_precision_vs_accuracy` returns
+one figure for a notebook to show.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
-
-import matplotlib
-
-matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
+from matplotlib.ticker import MaxNLocator
 
 from reports.load import CELL_KEYS, Results
-from reports.paper import dataset_label, method_label
+from reports.paper import dataset_label, method_labels
 from reports.precision import PROBE_METRICS
 from reports.stats import sort_cells
 
@@ -51,14 +51,21 @@ def _configs(runs: pd.DataFrame):
     return runs.groupby(["dataset", "arch", "T", "epochs"], dropna=False, sort=False)
 
 
-def _model_order(runs: pd.DataFrame) -> list[str]:
-    ordered = sort_cells(runs.drop_duplicates(["family", "variant"]), ["family", "variant"])
-    return [method_label(f, v) for f, v in zip(ordered["family"], ordered["variant"], strict=True)]
+def _model_order(frame: pd.DataFrame, labels: Mapping[str, str] | None) -> list[str]:
+    ordered = sort_cells(frame.drop_duplicates(["family", "variant"]), ["family", "variant"])
+    return method_labels(ordered, labels)
 
 
-def model_palette(runs: pd.DataFrame) -> dict[str, tuple[float, float, float]]:
-    """One colour per model (family × variant) of a store, the same in every figure."""
-    order = _model_order(runs)
+def model_palette(
+    runs: pd.DataFrame, labels: Mapping[str, str] | None = None
+) -> dict[str, tuple[float, float, float]]:
+    """One colour per model (family × variant) of a store, the same in every figure.
+
+    Args:
+        runs: Rows with ``family`` and ``variant`` (runs or snapshots).
+        labels: Variant labels from the run documents (`reports.load.Results.labels`).
+    """
+    order = _model_order(runs, labels)
     colours = sns.color_palette("tab10" if len(order) <= 10 else "husl", len(order))
     return dict(zip(order, colours, strict=True))
 
@@ -98,21 +105,19 @@ def plot_fig2(
     runs = sort_cells(results.usable, [*CELL_KEYS, "run_id"])
     if runs.empty or results.history.empty:
         return []
-    palette = palette or model_palette(runs)
+    labels = results.labels
+    palette = palette or model_palette(runs, labels)
     history = results.history.assign(run_id=results.history["run_id"].astype(str))
     paths = []
     for (dataset, arch, T, epochs), group in _configs(runs):
-        rows = group[["run_id", "family", "variant"]].assign(
-            model=[method_label(f, v) for f, v in zip(group["family"], group["variant"],
-                                                       strict=True)]
-        )  # fmt: skip
-        data = history.merge(rows[["run_id", "model"]], on="run_id")
+        rows = group[["run_id"]].assign(model=method_labels(group, labels))
+        data = history.merge(rows, on="run_id")
         if data.empty:
             continue
         fig, axes = plt.subplots(1, len(FIG2_PANELS), figsize=(4.2 * len(FIG2_PANELS), 3.4))
         for ax, (column, label) in zip(axes, FIG2_PANELS.items(), strict=True):
             sns.lineplot(
-                data=data, x="epoch", y=column, hue="model", hue_order=_model_order(group),
+                data=data, x="epoch", y=column, hue="model", hue_order=_model_order(group, labels),
                 palette=palette, errorbar=bar, seed=0, ax=ax, legend=ax is axes[-1],
             )  # fmt: skip
             ax.set_ylabel(label)
@@ -126,7 +131,7 @@ def plot_fig2(
 
 def plot_precision(
     snaps: pd.DataFrame, out: Path, x: str = "epoch", errorbar: str = "sd",
-    palette: dict | None = None,
+    palette: dict | None = None, labels: Mapping[str, str] | None = None,
 ) -> list[Path]:  # fmt: skip
     """Landing precision, mass at argmax and tie rate (rows) per site (columns) over training.
 
@@ -136,6 +141,8 @@ def plot_precision(
         x: ``"epoch"`` or ``"step"``.
         errorbar: ``"sd"`` or ``"ci"``.
         palette: Model label → colour; default `model_palette` of the snapshots' runs.
+        labels: The variant labels the snapshots' ``model`` column was made with
+            (`reports.load.Results.labels`).
 
     Returns:
         The files written.
@@ -146,10 +153,10 @@ def plot_precision(
     if snaps.empty:
         return []
     snaps = sort_cells(snaps, [*CELL_KEYS, "site", "run_id", "step", "epoch"])
-    palette = palette or model_palette(snaps)
+    palette = palette or model_palette(snaps, labels)
     paths = []
     for (dataset, arch, T, epochs), group in _configs(snaps):
-        order = _model_order(group)
+        order = _model_order(group, labels)
         # one value per run and x (snapshots within an epoch averaged), so bands are over seeds
         group = group.groupby(["model", "site", x, "run_id"], sort=True)[list(PROBE_METRICS)]
         group = group.mean().reset_index()
@@ -176,3 +183,61 @@ def plot_precision(
         fig.tight_layout()
         paths += save_figure(fig, out, _config_name("precision", dataset, arch, T, epochs))
     return paths
+
+
+def plot_precision_vs_accuracy(
+    probe: pd.DataFrame,
+    history: pd.DataFrame,
+    hue: str = "model",
+    metric: str = "mass_at_argmax",
+    accuracy: str = "test_top1",
+) -> plt.Figure:
+    """Landing precision during training beside accuracy: over epochs, and one against the other.
+
+    Args:
+        probe: Probe snapshots with ``epoch``, ``hue`` and ``metric`` (averaged over sites and
+            runs per epoch; NaN values, e.g. ``strided_conv``'s, are left out), e.g.
+            `reports.precision.snapshots`. With a ``variant`` column, lines follow the tables'
+            variant order.
+        history: Per-epoch rows with ``epoch`` and ``accuracy``; rows without a ``hue`` column
+            take it from ``probe`` through a shared ``run_id``.
+        hue: Column naming a line (e.g. the model label).
+        metric: Probe metric; ``mass_at_argmax`` equals precision for max pools and is also
+            defined for average pools.
+        accuracy: History column.
+
+    Returns:
+        The figure (not saved: a notebook shows it).
+
+    Example:
+        >>> results = load_results("sweeps/quickstart")
+        >>> fig = plot_precision_vs_accuracy(snapshots(results), results.history)
+    """
+    if hue not in history:
+        names = probe.drop_duplicates("run_id").set_index("run_id")[hue]
+        history = history.assign(**{hue: history["run_id"].astype(str).map(names)})
+    prec = probe.groupby([hue, "epoch"], sort=False)[metric].mean().rename(metric)
+    acc = history.groupby([hue, "epoch"], sort=False)[accuracy].mean().rename(accuracy)
+    both = pd.concat([prec, acc], axis=1).reset_index()
+    lines = probe.drop_duplicates(hue)
+    if "variant" in lines:
+        lines = sort_cells(lines, ["variant"])
+    order = list(dict.fromkeys([*lines[hue].dropna(), *history[hue].dropna()]))
+    fig, axes = plt.subplots(1, 3, figsize=(13.5, 4.2), layout="constrained")
+    for name, color in zip(order, sns.color_palette(n_colors=len(order)), strict=True):
+        rows = both[both[hue] == name].sort_values("epoch")
+        axes[0].plot(rows["epoch"], rows[metric], "o-", color=color, label=name)
+        axes[1].plot(rows["epoch"], rows[accuracy], "o-", color=color, label=name)
+        pairs = rows.dropna(subset=[metric, accuracy])
+        axes[2].plot(pairs[metric], pairs[accuracy], "-", color=color, alpha=0.6)
+        axes[2].scatter(pairs[metric], pairs[accuracy], color=color,
+                        s=[20 + 40 * (e == pairs["epoch"].max()) for e in pairs["epoch"]])  # fmt: skip
+    axes[0].set(xlabel="epoch", ylabel=metric.replace("_", " "), ylim=(-0.02, 1.02))
+    axes[1].set(xlabel="epoch", ylabel=f"{accuracy} (%)")
+    axes[2].set(xlabel=f"{metric.replace('_', ' ')} (mean over sites)",
+                ylabel=f"{accuracy} (%)", title="one dot per epoch (last: large)")  # fmt: skip
+    for ax in axes[:2]:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=4,
+               fontsize=8)  # fmt: skip
+    return fig

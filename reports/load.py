@@ -11,7 +11,7 @@ import math
 import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from operator import itemgetter
 from pathlib import Path
 
@@ -50,6 +50,8 @@ class Results:
         skipped: One message per results file that could not be read, named relative to the
             store.
         metric: The accuracy used: ``"test_top1"`` (final epoch) or ``"best_test_top1"``.
+        labels: Variant → the display label its run documents carry (``downsample_label``;
+            the first document read wins), for variants `gradprobe.labels` may not know.
     """
 
     runs: pd.DataFrame
@@ -57,6 +59,7 @@ class Results:
     probe: pd.DataFrame
     skipped: tuple[str, ...]
     metric: str
+    labels: dict[str, str] = field(default_factory=dict)
 
     @property
     def usable(self) -> pd.DataFrame:
@@ -231,6 +234,7 @@ def load_results(
     hist_counts: list[int] = []
     probe_counts: list[int] = []
     skipped = []
+    variant_labels: dict[str, str] = {}
     for store, label in zip(stores, _store_labels(stores), strict=True):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -238,6 +242,8 @@ def load_results(
                 record = _run_record(doc, metric)
                 record["run_id"] = label + record["run_id"]
                 records.append(record)
+                if doc.get("downsample_label"):
+                    variant_labels.setdefault(doc["downsample"], doc["downsample_label"])
                 if record["problem"]:
                     continue
                 owners.append(record["run_id"])
@@ -267,4 +273,5 @@ def load_results(
         probe=probe_frame,
         skipped=tuple(skipped),
         metric=metric,
+        labels=variant_labels,
     )

@@ -4,34 +4,32 @@ The paper's Tables 1-5 ship as data (``reports/data/paper_tables.csv``, one row 
 number). `paper_reference` turns the rows that belong to Spikformer and Spikingformer, the only
 backbones our registry reproduces, into keys that line up with our runs: dataset, family,
 ``L-D`` architecture, time steps, epochs and downsampling variant. The other methods the paper
-quotes (TET, SEW ResNet, ...) stay in the CSV but are not our rows.
+quotes (TET, SEW ResNet, ...) stay in the CSV but are not our rows. `TABLES` says how each of
+the paper's tables is laid out (`TableSpec`); `reports.tables` fills them.
+
+Variant labels come from the one torch-free table, `gradprobe.labels`. A variant that table does
+not know (one registered in the process that trained it) is named by the label its run
+documents carry (``downsample_label``); `reports.load.Results.labels` holds those, and the
+functions below take them as ``labels``.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
 import pandas as pd
 
+from gradprobe import labels as label_table
+
 BASELINE = "lif_maxpool"
 
-# Registry name -> the paper's name, in the paper's row order (Table 1).
-VARIANT_LABELS = {
-    "lif_maxpool": "ConvBN-LIF-MaxPool",
-    "maxpool_lif": "ConvBN-MaxPool-LIF",
-    "avgpool_lif": "ConvBN-AvgPool-LIF",
-    "strided_conv": "ConvBN(stride=2)-LIF",
-}
-
-# How Tables 2-5 name a backbone with a variant: "Spikformer", "Spikformer + CML".
-VARIANT_SUFFIXES = {
-    "lif_maxpool": "",
-    "maxpool_lif": " + CML",
-    "avgpool_lif": " + ConvBN-AvgPool-LIF",
-    "strided_conv": " + ConvBN(stride=2)-LIF",
-}
+# How Tables 2-5 name a backbone with a variant where it is not "<backbone> + <variant label>":
+# "Spikformer" (the baseline), "Spikformer + CML".
+VARIANT_SUFFIXES = {"lif_maxpool": "", "maxpool_lif": " + CML"}
 
 FAMILY_LABELS = {"spikformer": "Spikformer", "spikingformer": "Spikingformer"}
 
@@ -51,9 +49,12 @@ _ARCH = re.compile(r"^(?P<family>[A-Za-z]+)-(?P<depth>\d+)-(?P<dim>\d+)(?:-(?P<e
 _MODEL = re.compile(r"^(?P<family>[a-z0-9]+)_(?P<depth>\d+)_(?P<dim>\d+)(?:_.*)?$")
 
 
-def variant_label(variant: str) -> str:
-    """The paper's name of a downsampling variant (unknown variants keep their registry name)."""
-    return VARIANT_LABELS.get(variant, variant)
+def variant_label(variant: str, labels: Mapping[str, str] | None = None) -> str:
+    """A downsampling variant's label: from ``labels`` (run documents), else the paper's name or
+    a registered label (`gradprobe.labels`), else the registry name."""
+    if labels and variant in labels:
+        return labels[variant]
+    return label_table.variant_label(variant)
 
 
 def family_label(family: str) -> str:
@@ -66,15 +67,24 @@ def dataset_label(dataset: str) -> str:
     return DATASET_LABELS.get(dataset, dataset.replace("_", " ").capitalize())
 
 
-def method_label(family: str, variant: str) -> str:
+def method_label(family: str, variant: str, labels: Mapping[str, str] | None = None) -> str:
     """Row label of Tables 2-5: ``"Spikformer"`` for the baseline, ``"Spikformer + CML"``, ...
 
     Example:
         >>> method_label("spikingformer", "maxpool_lif")
         'Spikingformer + CML'
+        >>> method_label("spikformer", "avgpool_lif")
+        'Spikformer + ConvBN-AvgPool-LIF'
     """
-    suffix = VARIANT_SUFFIXES.get(variant, f" + {variant}")
+    suffix = VARIANT_SUFFIXES.get(variant, f" + {variant_label(variant, labels)}")
     return f"{family_label(family)}{suffix}"
+
+
+def method_labels(frame: pd.DataFrame, labels: Mapping[str, str] | None = None) -> list[str]:
+    """`method_label` of every row of a frame with ``family`` and ``variant`` columns."""
+    return [
+        method_label(f, v, labels) for f, v in zip(frame["family"], frame["variant"], strict=True)
+    ]
 
 
 def parse_model(model: str, family: str | None = None) -> tuple[str, str, int | None, int | None]:
@@ -128,11 +138,8 @@ def paper_tables() -> pd.DataFrame:
 
 
 def _paper_variant(table: int, method: str, family_name: str) -> str | None:
-    if table == 1:
-        by_label = {label: name for name, label in VARIANT_LABELS.items()}
-        return by_label.get(method)
-    for name, suffix in VARIANT_SUFFIXES.items():
-        if method == f"{family_name}{suffix}":
+    for name in label_table.BUILTIN_ORDER:  # the paper's rows are the built-in variants
+        if method == (variant_label(name) if table == 1 else method_label(family_name, name)):
             return name
     return None
 
@@ -178,3 +185,74 @@ def paper_reference() -> pd.DataFrame:
 def paper_datasets() -> list[str]:
     """Our names of the datasets the paper reports, sorted."""
     return sorted(paper_reference()["dataset"].unique())
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """How one of the paper's tables is laid out.
+
+    Attributes:
+        stem: Output file name without suffix.
+        number: The paper's table number; ``None`` for a table of our runs only.
+        title: First sentence of the caption.
+        datasets: Our dataset names, one column group each (empty: every dataset the paper
+            lacks).
+        by_variant: Rows named by variant and backbone (Table 1), else by method and
+            architecture (Tables 2-5).
+        params: Add a "Param (M)" column.
+        default_epochs: Architecture labels omit this training length (the paper's
+            ``Spikformer-4-384`` is 300 epochs); ``None`` always shows it.
+        epochs_in_rows: Runs of different lengths get rows of their own; ``False`` where the
+            paper does not state epochs (Table 4) unless our runs differ within a dataset.
+        family_order: Backbone families in the paper's row order.
+    """
+
+    stem: str
+    number: int | None
+    title: str
+    datasets: tuple[str, ...]
+    by_variant: bool = False
+    params: bool = False
+    default_epochs: int | None = None
+    epochs_in_rows: bool = True
+    family_order: tuple[str, ...] = ("spikformer", "spikingformer")
+
+
+TABLES = (
+    TableSpec(
+        "table1",
+        1,
+        "The four downsampling variants on CIFAR10/100 (paper Table 1)",
+        ("cifar10", "cifar100"),
+        by_variant=True,
+        family_order=("spikingformer", "spikformer"),
+    ),
+    TableSpec(
+        "table2",
+        2,
+        "ImageNet, model sizes (paper Table 2)",
+        ("imagenet",),
+        params=True,
+        default_epochs=300,
+    ),
+    TableSpec(
+        "table3",
+        3,
+        "CIFAR10/100, model sizes (paper Table 3)",
+        ("cifar10", "cifar100"),
+        params=True,
+        default_epochs=300,
+    ),
+    TableSpec(
+        "table4",
+        4,
+        "Neuromorphic datasets at T=10/16 (paper Table 4)",
+        ("cifar10_dvs", "dvs128_gesture"),
+        epochs_in_rows=False,
+    ),
+    TableSpec("table5", 5, "Training length on CIFAR10 (paper Table 5)", ("cifar10",)),
+)
+OTHER = TableSpec(
+    "table1_other", None, "The downsampling variants on datasets the paper does not report "
+    "(our runs only, Table-1 layout)", (), by_variant=True,
+)  # fmt: skip

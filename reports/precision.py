@@ -11,11 +11,13 @@ reports each curve's first and last snapshot, mean ± sd over seeds, beside the 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import pandas as pd
 
 from reports.load import CELL_KEYS, Results
-from reports.paper import arch_label, dataset_label, method_label
+from reports.paper import arch_label, dataset_label, method_labels
 from reports.render import fmt_mean_sd
 from reports.stats import sort_cells
 
@@ -47,9 +49,7 @@ def snapshots(results: Results) -> pd.DataFrame:
         with np.errstate(invalid="ignore", divide="ignore"):
             frame[name] = np.where(total > 0, frame[name].to_numpy() / total, np.nan)
     runs = results.usable[["run_id", *CELL_KEYS, "seed"]]
-    runs = runs.assign(
-        model=[method_label(f, v) for f, v in zip(runs["family"], runs["variant"], strict=True)]
-    )
+    runs = runs.assign(model=method_labels(runs, results.labels))
     frame["run_id"] = frame["run_id"].astype(str)
     return frame.merge(runs, on="run_id", how="inner")[cols]
 
@@ -103,8 +103,15 @@ def precision_curves(snaps: pd.DataFrame, x: str = "epoch") -> pd.DataFrame:
     return sort_cells(curves.reset_index(), keys)
 
 
-def precision_display(table: pd.DataFrame) -> tuple[pd.DataFrame, int]:
-    """The precision table for Markdown and LaTeX: label columns then mean ± sd columns."""
+def precision_display(
+    table: pd.DataFrame, labels: Mapping[str, str] | None = None
+) -> tuple[pd.DataFrame, int]:
+    """The precision table for Markdown and LaTeX: label columns then mean ± sd columns.
+
+    Args:
+        table: The output of `summarize_precision`.
+        labels: Variant labels from the run documents (`reports.load.Results.labels`).
+    """
     display = pd.DataFrame(
         {
             ("", "Dataset"): table["dataset"].map(dataset_label),
@@ -113,9 +120,7 @@ def precision_display(table: pd.DataFrame) -> tuple[pd.DataFrame, int]:
                 for f, a, e in zip(table["family"], table["arch"], table["epochs"], strict=True)
             ],
             ("", "Time Step"): table["T"].astype(str),
-            ("", "Method"): [
-                method_label(f, v) for f, v in zip(table["family"], table["variant"], strict=True)
-            ],
+            ("", "Method"): method_labels(table, labels),
             ("", "Site"): table["site"],
         }
     )

@@ -19,17 +19,18 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from gradprobe.labels import variant_key
 from reports.load import CELL_KEYS
-from reports.paper import BASELINE, VARIANT_LABELS
+from reports.paper import BASELINE
 
 ALPHA = 0.05
 MIN_SEEDS = 2  # per side, for the t-test
 
 
 def variant_order(variants: pd.Series) -> pd.Series:
-    """Sort key putting the paper's four variants first, in its row order."""
-    order = {name: i for i, name in enumerate(VARIANT_LABELS)}
-    return variants.map(lambda v: (order.get(v, len(order)), v))
+    """Sort key in display order: the paper's four variants first, in its row order, then any
+    other by name (`gradprobe.labels.variant_key`)."""
+    return variants.map(variant_key)
 
 
 def welch_p(

@@ -1,6 +1,7 @@
 """The paper's Tables 1-5 rebuilt from our cells, with the paper's numbers side by side.
 
-Each table is a `TableSpec`: which datasets it holds and how the paper labels its rows. Table 1
+Each table is a `reports.paper.TableSpec`: which datasets it holds and how the paper labels its
+rows. Table 1
 names rows by variant ("ConvBN-MaxPool-LIF") and backbone; Tables 2-5 by method ("Spikformer +
 CML") and architecture. Every table lists the paper's Spikformer/Spikingformer rows (so that a
 missing run shows as "—") and every cell of ours on its datasets, reference or not. Runs on
@@ -9,6 +10,7 @@ datasets the paper lacks (e.g. the quickstart's ``digits``) get a Table-1 layout
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,9 +19,12 @@ import pandas as pd
 from reports.load import CELL_KEYS
 from reports.paper import (
     BASELINE,
+    OTHER,
+    TABLES,
+    TableSpec,
     arch_label,
     dataset_label,
-    method_label,
+    method_labels,
     paper_datasets,
     paper_reference,
     variant_label,
@@ -45,77 +50,6 @@ TIDY_COLUMNS = [
     "n", "mean", "sd", "delta", "p_value", "significant", "paper", "diff_to_paper",
     "n_failed", "n_incomplete", "seeds", "params_m", "metric",
 ]  # fmt: skip
-
-
-@dataclass(frozen=True)
-class TableSpec:
-    """How one of the paper's tables is laid out.
-
-    Attributes:
-        stem: Output file name without suffix.
-        number: The paper's table number; ``None`` for a table of our runs only.
-        title: First sentence of the caption.
-        datasets: Our dataset names, one column group each (empty: every dataset the paper
-            lacks).
-        by_variant: Rows named by variant and backbone (Table 1), else by method and
-            architecture (Tables 2-5).
-        params: Add a "Param (M)" column.
-        default_epochs: Architecture labels omit this training length (the paper's
-            ``Spikformer-4-384`` is 300 epochs); ``None`` always shows it.
-        epochs_in_rows: Runs of different lengths get rows of their own; ``False`` where the
-            paper does not state epochs (Table 4) unless our runs differ within a dataset.
-        family_order: Backbone families in the paper's row order.
-    """
-
-    stem: str
-    number: int | None
-    title: str
-    datasets: tuple[str, ...]
-    by_variant: bool = False
-    params: bool = False
-    default_epochs: int | None = None
-    epochs_in_rows: bool = True
-    family_order: tuple[str, ...] = ("spikformer", "spikingformer")
-
-
-TABLES = (
-    TableSpec(
-        "table1",
-        1,
-        "The four downsampling variants on CIFAR10/100 (paper Table 1)",
-        ("cifar10", "cifar100"),
-        by_variant=True,
-        family_order=("spikingformer", "spikformer"),
-    ),
-    TableSpec(
-        "table2",
-        2,
-        "ImageNet, model sizes (paper Table 2)",
-        ("imagenet",),
-        params=True,
-        default_epochs=300,
-    ),
-    TableSpec(
-        "table3",
-        3,
-        "CIFAR10/100, model sizes (paper Table 3)",
-        ("cifar10", "cifar100"),
-        params=True,
-        default_epochs=300,
-    ),
-    TableSpec(
-        "table4",
-        4,
-        "Neuromorphic datasets at T=10/16 (paper Table 4)",
-        ("cifar10_dvs", "dvs128_gesture"),
-        epochs_in_rows=False,
-    ),
-    TableSpec("table5", 5, "Training length on CIFAR10 (paper Table 5)", ("cifar10",)),
-)
-OTHER = TableSpec(
-    "table1_other", None, "The downsampling variants on datasets the paper does not report "
-    "(our runs only, Table-1 layout)", (), by_variant=True,
-)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -169,7 +103,9 @@ def _attach_paper(ours: pd.DataFrame, ref: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([ours, unmatched[[c for c in unmatched if c in ours or c == "paper"]]])
 
 
-def _tidy(spec: TableSpec, cells: pd.DataFrame, metric: str) -> pd.DataFrame:
+def _tidy(
+    spec: TableSpec, cells: pd.DataFrame, metric: str, labels: Mapping[str, str] | None
+) -> pd.DataFrame:
     datasets = spec.datasets or tuple(sorted(set(cells["dataset"]) - set(paper_datasets())))
     ours = cells[cells["dataset"].isin(datasets)]
     if ours.empty:
@@ -181,10 +117,9 @@ def _tidy(spec: TableSpec, cells: pd.DataFrame, metric: str) -> pd.DataFrame:
         ours = ours.assign(paper=np.nan, paper_params_m=np.nan)
     ours = ours.assign(
         table=spec.stem,
-        method=[
-            variant_label(v) if spec.by_variant else method_label(f, v)
-            for f, v in zip(ours["family"], ours["variant"], strict=True)
-        ],
+        method=[variant_label(v, labels) for v in ours["variant"]]
+        if spec.by_variant
+        else method_labels(ours, labels),
         diff_to_paper=ours["mean"] - ours["paper"],
         metric=metric,
     )
@@ -270,14 +205,25 @@ def _missing_cells(tidy: pd.DataFrame) -> tuple[str, ...]:
 
 
 def build_table(
-    spec: TableSpec, cells: pd.DataFrame, metric: str, alpha: float = ALPHA
+    spec: TableSpec,
+    cells: pd.DataFrame,
+    metric: str,
+    alpha: float = ALPHA,
+    labels: Mapping[str, str] | None = None,
 ) -> Table | None:
     """Build one table from the cells of `reports.stats.summarize_cells`.
+
+    Args:
+        spec: The table's layout.
+        cells: Cell statistics.
+        metric: The accuracy the cells hold (a key of `METRIC_WORDS`).
+        alpha: Significance level stated in the caption.
+        labels: Variant labels from the run documents (`reports.load.Results.labels`).
 
     Returns:
         The table, or ``None`` when no run of ours falls into it (it is then "not covered").
     """
-    tidy = _tidy(spec, cells, metric)
+    tidy = _tidy(spec, cells, metric, labels)
     if tidy.empty or not (tidy["n"] + tidy["n_failed"] + tidy["n_incomplete"]).any():
         return None
     display, n_labels = _display(spec, tidy)
@@ -292,17 +238,21 @@ def build_table(
 
 
 def build_tables(
-    cells: pd.DataFrame, metric: str, alpha: float = ALPHA
+    cells: pd.DataFrame,
+    metric: str,
+    alpha: float = ALPHA,
+    labels: Mapping[str, str] | None = None,
 ) -> tuple[list[Table], list[TableSpec]]:
-    """All tables the cells can fill, and the specs of those they cannot.
+    """All tables the cells can fill (see `build_table`), and the specs of those they cannot.
 
     Example:
         >>> results = load_results("sweeps/quickstart")
-        >>> tables, not_covered = build_tables(summarize_cells(results.runs), results.metric)
+        >>> cells = summarize_cells(results.runs)
+        >>> tables, not_covered = build_tables(cells, results.metric, labels=results.labels)
     """
     built, empty = [], []
     for spec in (*TABLES, OTHER):
-        table = build_table(spec, cells, metric, alpha)
+        table = build_table(spec, cells, metric, alpha, labels)
         if table is None:
             if spec.number:
                 empty.append(spec)

@@ -4,15 +4,18 @@ import pytest
 import torch
 from spikingjelly.activation_based import functional
 
+from gradprobe import labels
 from gradprobe.downsample import (
     DOWNSAMPLES,
     ConvBNLIF,
     DownsampleSite,
     PoolSpec,
+    StridedConvLIF,
     build_downsample,
     list_downsamples,
     register_downsample,
 )
+from gradprobe.labels import BUILTIN_ORDER, sort_variants, variant_label
 from gradprobe.neuron import NeuronConfig
 from gradprobe.registry import UnknownNameError
 
@@ -113,8 +116,11 @@ def test_bad_pool_geometry_is_rejected():
         PoolSpec(kernel_size=3, stride=2, padding=2)
 
 
-def test_registering_a_fifth_variant_is_one_decorated_function():
-    @register_downsample("lif_maxpool_k2_test")
+def test_registering_a_fifth_variant_is_one_decorated_function(monkeypatch):
+    monkeypatch.setattr(DOWNSAMPLES, "_entries", dict(DOWNSAMPLES._entries))
+    monkeypatch.setattr(labels, "LABELS", dict(labels.LABELS))
+
+    @register_downsample("lif_maxpool_k2_test", label="ConvBN-LIF-MaxPool(2x2)")
     def lif_maxpool_k2(in_channels, out_channels, kernel_size=3, *, neuron=None, pool=None):
         return build_downsample(
             "lif_maxpool",
@@ -125,14 +131,22 @@ def test_registering_a_fifth_variant_is_one_decorated_function():
             pool=PoolSpec(2, 2, 0),
         )
 
-    try:
-        assert "lif_maxpool_k2_test" in list_downsamples()
-        y = build_downsample("lif_maxpool_k2_test", 2, 2)(torch.rand(1, 1, 2, 8, 8))
-        assert y.shape == (1, 1, 2, 4, 4)
-        with pytest.raises(ValueError, match="already registered"):
-            register_downsample("lif_maxpool_k2_test")(lif_maxpool_k2)
-    finally:
-        del DOWNSAMPLES._entries["lif_maxpool_k2_test"]
+    assert "lif_maxpool_k2_test" in list_downsamples()
+    y = build_downsample("lif_maxpool_k2_test", 2, 2)(torch.rand(1, 1, 2, 8, 8))
+    assert y.shape == (1, 1, 2, 4, 4)
+    # its label is in the one table, and it is shown after the paper's four
+    assert variant_label("lif_maxpool_k2_test") == "ConvBN-LIF-MaxPool(2x2)"
+    assert sort_variants(list_downsamples()) == [*BUILTIN_ORDER, "lif_maxpool_k2_test"]
+    with pytest.raises(ValueError, match="already registered"):
+        register_downsample("lif_maxpool_k2_test", label="another")(lif_maxpool_k2)
+    assert variant_label("lif_maxpool_k2_test") == "ConvBN-LIF-MaxPool(2x2)"
+
+
+def test_a_variant_registered_without_a_label_is_shown_by_its_name(monkeypatch):
+    monkeypatch.setattr(DOWNSAMPLES, "_entries", dict(DOWNSAMPLES._entries))
+    register_downsample("plain_test")(StridedConvLIF)
+    assert variant_label("plain_test") == "plain_test"
+    assert "plain_test" not in labels.LABELS
 
 
 def test_plain_unit_keeps_the_size():

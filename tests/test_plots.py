@@ -14,12 +14,12 @@ import pandas as pd
 import pytest
 import torch
 
+from gradprobe import labels
 from gradprobe.downsample import build_downsample
 from gradprobe.explore import passthrough_site, probe_variants
 from gradprobe.plots import (
     draw_landing,
     plot_attributions,
-    plot_precision_vs_accuracy,
     plot_site_heatmaps,
     plot_site_maps,
     plot_timestep_metrics,
@@ -119,22 +119,15 @@ def test_plot_attributions(tmp_path):
     assert_rendered(fig, tmp_path / "attributions.png")
 
 
-def test_plot_precision_vs_accuracy(tmp_path):
-    runs = (("CML", "maxpool_lif", 1.0), ("baseline", "lif_maxpool", 0.4))
-    probe = pd.DataFrame(
-        [
-            {"run_id": f"r{i}", "model": name, "variant": variant, "epoch": e, "site": s,
-             "mass_at_argmax": m + 0.01 * e}
-            for i, (name, variant, m) in enumerate(runs)
-            for e in (1, 2, 3)
-            for s in ("stage3", "stage4")
-        ]
-    )  # fmt: skip
-    history = pd.DataFrame(
-        [{"run_id": f"r{i}", "epoch": e, "test_top1": 20.0 * e + i} for i in (0, 1)
-         for e in (1, 2, 3)]
-    )  # fmt: skip
-    fig = plot_precision_vs_accuracy(probe, history)
-    labels = [t.get_text() for t in fig.legends[0].get_texts()]
-    assert labels == ["baseline", "CML"]  # the paper's variant order, whatever the input's
-    assert_rendered(fig, tmp_path / "precision_vs_accuracy.png")
+def test_variants_are_named_and_ordered_by_the_one_label_table(monkeypatch):
+    # a registered variant's label (as `register_downsample(..., label=...)` records it)
+    monkeypatch.setattr(labels, "LABELS", {**labels.LABELS, "my_pool": "ConvBN-MyPool-LIF"})
+    rows = [
+        {"model": "net", "site": "s", "variant": v, "precision": 0.5, "tie_rate": 0.5,
+         "lif_ratio": 1.0}
+        for v in ("zz_pool", "my_pool", "maxpool_lif", "lif_maxpool")
+    ]  # fmt: skip
+    fig = plot_site_heatmaps(pd.DataFrame(rows))
+    ticks = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert ticks == ["ConvBN-LIF-MaxPool", "ConvBN-MaxPool-LIF", "ConvBN-MyPool-LIF", "zz_pool"]
+    plt.close(fig)

@@ -18,6 +18,7 @@ cifar100   avgpool_lif   (1 running)         no mean, not averaged
 import math
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -26,12 +27,13 @@ import pytest
 from ablations.store import SCHEMA, write_run
 from reports.__main__ import main
 from reports.build import build_report
+from reports.figures import model_palette
 from reports.load import load_results
-from reports.paper import paper_reference, paper_tables, parse_model
+from reports.paper import TABLES, paper_reference, paper_tables, parse_model
 from reports.precision import snapshots, summarize_precision
 from reports.render import latex_escape, to_latex
 from reports.stats import summarize_cells
-from reports.tables import TABLES, build_table
+from reports.tables import build_table
 
 
 def _doc(run_id, acc, *, dataset="cifar10", variant="lif_maxpool", seed=0, family="spikformer",
@@ -345,6 +347,52 @@ def test_a_store_of_unfinished_runs_still_builds(tmp_path):
     assert "| 0 (1 not finished)" in md
     assert "0 finished and averaged, 0 failed, 1 unfinished" in report.coverage
     assert not list((tmp_path / "out").glob("*.png"))
+
+
+def test_a_variant_reports_do_not_know_is_named_by_its_run_documents(tmp_path):
+    """A variant registered elsewhere (with a label) and one without a label, beside the
+    baseline: rows after the paper's four, the documents' label or else the name."""
+    docs = [
+        _doc("base", 90.0),
+        _doc("new-0", 92.0, variant="my_pool", probe=[_probe(0, "s1", 0, 0.9, 100)]),
+        _doc("new-1", 93.0, variant="my_pool", seed=1),
+        _doc("bare", 91.0, variant="zz_pool"),
+    ]
+    for doc in docs:
+        if doc["downsample"] == "my_pool":
+            doc["downsample_label"] = "ConvBN-MyPool-LIF"
+        write_run(tmp_path, doc)
+    results = load_results(tmp_path)
+    assert results.labels == {"my_pool": "ConvBN-MyPool-LIF"}
+    build_report(tmp_path, tmp_path / "out")
+    table1 = (tmp_path / "out" / "table1.md").read_text().splitlines()
+    rows = [line.split("|") for line in table1 if "| Spikformer-4-384-400E" in line]
+    assert [row[1].strip() for row in rows] == [
+        "ConvBN-LIF-MaxPool", "ConvBN-MaxPool-LIF", "ConvBN-AvgPool-LIF", "ConvBN(stride=2)-LIF",
+        "ConvBN-MyPool-LIF", "zz_pool",
+    ]  # fmt: skip
+    assert rows[4][4].strip() == "92.50 ± 0.71 (+2.50)"  # CIFAR10 ours
+    table3 = (tmp_path / "out" / "table3.md").read_text()
+    assert "Spikformer + ConvBN-MyPool-LIF" in table3 and "Spikformer + zz_pool" in table3
+    assert "Spikformer + ConvBN-MyPool-LIF" in (tmp_path / "out" / "precision.md").read_text()
+    assert set(snapshots(results)["model"]) == {"Spikformer + ConvBN-MyPool-LIF"}
+    assert list(model_palette(results.usable, results.labels)) == [
+        "Spikformer", "Spikformer + ConvBN-MyPool-LIF", "Spikformer + zz_pool"
+    ]  # fmt: skip
+
+
+def test_reports_never_import_torch(store, tmp_path):
+    """reports reads files only: a whole build, figures included, runs without torch."""
+    code = (
+        "import sys; from reports.__main__ import main; "
+        f"main(['build', '--results', {str(store)!r}, '--out', {str(tmp_path)!r}]); "
+        "import reports.build, reports.figures, reports.load, reports.paper, "
+        "reports.precision, reports.render, reports.stats, reports.tables; "
+        "heavy = {'torch', 'spikingjelly', 'captum', 'hydra'} & set(sys.modules); "
+        "assert not heavy, heavy"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, capture_output=True)
+    assert (tmp_path / "table1.md").exists()
 
 
 @pytest.mark.skipif(shutil.which("pdflatex") is None, reason="needs a LaTeX install")
