@@ -167,21 +167,11 @@ def fit(cfg: DictConfig, record: RunRecord, device: torch.device, dist: Dist, T:
             cleanup.callback(writer.close)
         step = build_step(cfg, parts, probe)
         train_epochs(cfg.trainer, parts, step, progress, record, dist, writer)
-    history = progress.history
-    last = history[-1] if history else {}
-    record.finish(
-        {
-            "test_top1": last.get("test_top1"),
-            "best_test_top1": max((h["test_top1"] for h in history), default=None),
-            "test_top5": last.get("test_top5"),
-            "test_loss": last.get("test_loss"),
-            "epochs_done": len(history),
-            "wall_time_s": progress.wall_time_s(),
-        }
-    )
+    final = progress.final()
+    record.finish(final)
     log.info(
         "%s: finished, test top-1 %.2f (best %.2f)",
         record.run_id,
-        last.get("test_top1", math.nan),
-        record.doc["final"]["best_test_top1"] or math.nan,
+        final["test_top1"] if final["test_top1"] is not None else math.nan,
+        final["best_test_top1"] or math.nan,
     )

@@ -125,8 +125,7 @@ class RunRecord:
         Args:
             config_yaml: The resolved config.
             device: Where the run trains.
-            step: How a step computes, for environment.json (``mode``, ``lif_kernel``,
-                ``precision``).
+            step: How a step computes, for environment.json (`ablations.build.environment`).
         """
         self.doc.update(versions=library_versions(), git_sha=git_sha(), device=device)
         if not self.writes:

@@ -57,6 +57,18 @@ class Progress:
     def wall_time_s(self) -> float:
         return self.wall_before + time.time() - self.started
 
+    def final(self) -> dict:
+        """The final numbers of the run document (``final``) and of ``summary.json``."""
+        last = self.history[-1] if self.history else {}
+        return {
+            "test_top1": last.get("test_top1"),
+            "best_test_top1": max((h["test_top1"] for h in self.history), default=None),
+            "test_top5": last.get("test_top5"),
+            "test_loss": last.get("test_loss"),
+            "epochs_done": len(self.history),
+            "wall_time_s": self.wall_time_s(),
+        }
+
 
 def checkpoint(parts: Parts, progress: Progress) -> dict:
     """Everything `resume` needs to continue after ``progress.epoch``."""
