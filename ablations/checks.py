@@ -28,6 +28,11 @@ def _choice(what: str, value: object, choices: list[str] | tuple[str, ...]) -> N
         raise ConfigError(f"unknown {what} {value!r}; choices: {', '.join(map(str, choices))}")
 
 
+def _flag(what: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{what} must be true or false, got {value!r}")
+
+
 def _positive(what: str, value: object, allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
@@ -104,9 +109,8 @@ def check_config(cfg: DictConfig) -> int:
     _choice("trainer.mode", cfg.trainer.mode, MODES)
     _choice("trainer.amp", cfg.trainer.amp, AMP)
     _choice("trainer.cuda_graph", cfg.trainer.get("cuda_graph", "auto"), CUDA_GRAPH)
-    exact = cfg.trainer.get("exact", False)
-    if not isinstance(exact, bool):
-        raise ConfigError(f"trainer.exact must be true or false, got {exact!r}")
+    _flag("trainer.exact", cfg.trainer.get("exact", False))
+    _flag("trainer.retain_memory", cfg.trainer.get("retain_memory", False))
     if cfg.neuron.kernel == "loop" and cfg.trainer.mode != "reference":
         # trainer.mode picks the LIF kernel of a harness run; fast mode would replace the loop
         raise ConfigError(

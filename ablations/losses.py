@@ -115,7 +115,3 @@ class SoftTargets:
         if self.mixup is not None and (self.off_epoch is None or epoch < self.off_epoch):
             return self.mixup(x, y)
         return x, mixup_target(y, self.num_classes, smoothing=self.smoothing)
-
-    def hard(self, y: torch.Tensor) -> torch.Tensor:
-        """One-hot targets without smoothing (the evaluation loss)."""
-        return F.one_hot(y, self.num_classes).float()

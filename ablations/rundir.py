@@ -11,8 +11,8 @@ A run directory ``<sweep dir>/<run_id>/`` holds::
     train.log            Hydra's log of the job
 
 and ``<sweep dir>/results/<run_id>.json`` (`ablations.store`) is rewritten after every epoch.
-Every file is written to a temporary name and renamed, so a kill leaves the old or the new
-version. Only the process that `RunRecord.writes` touches any of it (rank 0 under DDP).
+Every file is written through `ablations.store.write_atomic`, so a kill leaves the old or the
+new version. Only the process that `RunRecord.writes` touches any of it (rank 0 under DDP).
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import platform
 import socket
 import subprocess
 import sys
-import tempfile
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
@@ -75,28 +74,6 @@ def git_sha() -> str | None:
     return out.stdout.strip() or None
 
 
-def _temporary(path: Path) -> tuple[int, str]:
-    """A temporary file beside ``path`` with the permissions a plain ``open`` would give."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files
-    return fd, tmp
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` so that readers see the old or the new file, never a partial one."""
-    fd, tmp = _temporary(path)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def rows_to_csv(rows: Sequence[dict], columns: Sequence[str]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(
@@ -130,6 +107,7 @@ class RunRecord:
             "run_id": self.run_id,
             "status": "running",
             "error": None,
+            "invocation": os.environ.get(store.INVOCATION_ENV),
             "run_dir": os.path.relpath(self.run_dir, self.sweep_dir),
             "history": [],
             "probe": [],
@@ -147,13 +125,12 @@ class RunRecord:
         Args:
             config_yaml: The resolved config.
             device: Where the run trains.
-            step: How a step computes, for environment.json (``mode``, ``lif_kernel``,
-                ``precision``).
+            step: How a step computes, for environment.json (`ablations.build.environment`).
         """
         self.doc.update(versions=library_versions(), git_sha=git_sha(), device=device)
         if not self.writes:
             return
-        write_text_atomic(self.run_dir / "config.yaml", config_yaml)
+        store.write_atomic(self.run_dir / "config.yaml", config_yaml)
         env = {
             "versions": self.doc["versions"],
             "git_sha": self.doc["git_sha"],
@@ -172,9 +149,9 @@ class RunRecord:
         self.doc["history"], self.doc["probe"] = list(history), list(probe_rows)
         if not self.writes:
             return
-        write_text_atomic(self.run_dir / "metrics.csv", rows_to_csv(history, HISTORY_COLUMNS))
+        store.write_atomic(self.run_dir / "metrics.csv", rows_to_csv(history, HISTORY_COLUMNS))
         if probe_rows:
-            write_text_atomic(
+            store.write_atomic(
                 self.run_dir / "probe.csv", rows_to_csv(probe_rows, list(probe_rows[0]))
             )
         self._write_doc()
@@ -196,14 +173,7 @@ class RunRecord:
         """Atomically replace ``checkpoints/last.pt``."""
         if not self.writes:
             return
-        fd, tmp = _temporary(self.checkpoint_path)
-        os.close(fd)
-        try:
-            torch.save(state, tmp)
-            os.replace(tmp, self.checkpoint_path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        store.write_atomic(self.checkpoint_path, lambda fh: torch.save(state, fh))
 
     def load_checkpoint(self) -> dict | None:
         """The last checkpoint (our own file, so unpickling it is safe), or ``None``."""

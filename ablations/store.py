@@ -1,19 +1,20 @@
-"""The sweep-level results store: one JSON document per run, written atomically.
+"""The sweep-level results store: one JSON document per run, and the one atomic file writer.
 
 This module is plain Python (no Hydra, no torch) so that `reports` can read stores without the
 training stack. Layout::
 
     <sweep dir>/results/<run_id>.json
 
-Each run owns exactly one file, so parallel jobs never write the same file, and every write is a
-``tmp + os.replace`` so a crash or kill leaves either the previous or the new version, never a
-torn one. The document (schema ``gradprobe.run/1``)::
+Each run owns exactly one file, so parallel jobs never write the same file, and every write goes
+through `write_atomic`, so a crash or kill leaves either the previous or the new version, never
+a torn one. The document (schema ``gradprobe.run/1``)::
 
     {
       "schema": "gradprobe.run/1",
       "run_id": str,             # derived from the overrides; also the run directory's name
       "status": "running" | "finished" | "failed",
       "error": str | null,       # one line, for failed runs
+      "invocation": str | null,  # the command that last wrote it (`ablations.callbacks`)
       "experiment": str | null,
       "model": str, "family": str, "downsample": str, "dataset": str,
       "seed": int, "T": int, "loss": str, "epochs_planned": int,
@@ -43,15 +44,18 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 SCHEMA = "gradprobe.run/1"
 STATUSES = ("running", "finished", "failed")
 RESULTS_DIRNAME = "results"
+#: The environment variable holding the id of the command that launched the jobs; every run
+#: document a job writes carries it as ``invocation`` (set by `ablations.callbacks.ExitStatus`).
+INVOCATION_ENV = "GRADPROBE_INVOCATION"
 
 
 def store_dir(root: str | os.PathLike) -> Path:
@@ -65,21 +69,48 @@ def store_dir(root: str | os.PathLike) -> Path:
     return root / RESULTS_DIRNAME
 
 
-def write_json_atomic(path: str | os.PathLike, doc: Any) -> None:
-    """Write JSON so that readers see the old or the new file, never a partial one."""
+def write_atomic(path: str | os.PathLike, data: str | bytes | Callable[[BinaryIO], None]) -> None:
+    """Replace ``path`` so that readers see the old or the new file, never a partial one.
+
+    The one rule of every file the harness writes: the content goes to a temporary file beside
+    ``path``, is flushed to disk (``fsync``), and is renamed over ``path``. A crash at any
+    moment therefore leaves the previous or the new version, complete. The file gets the
+    permissions a plain ``open`` would give (``0o666`` less the process's umask).
+
+    Args:
+        path: The file to write; its folder is created when missing.
+        data: Text (UTF-8), bytes, or a function that writes into the open binary file (e.g.
+            ``lambda fh: torch.save(state, fh)``).
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     write_atomic(Path(tmp) / "a.txt", "hello")
+        ...     (Path(tmp) / "a.txt").read_text()
+        'hello'
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    # O_EXCL: a fresh file of our own; the mode 0o666 passes through the umask like open()'s.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        os.fchmod(fd, 0o644)  # mkstemp creates 0600; results are meant to be shared
-        with os.fdopen(fd, "w") as fh:
-            json.dump(doc, fh, indent=1, sort_keys=True, allow_nan=True)
+        with os.fdopen(fd, "wb") as fh:
+            if callable(data):
+                data(fh)
+            else:
+                fh.write(data.encode() if isinstance(data, str) else data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: str | os.PathLike, doc: Any) -> None:
+    """Write ``doc`` as indented JSON with sorted keys through `write_atomic`."""
+    write_atomic(path, json.dumps(doc, indent=1, sort_keys=True, allow_nan=True))
 
 
 def write_run(root: str | os.PathLike, doc: dict) -> Path:

@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 
 from ablations import configs
 from ablations.callbacks import ExitStatus
-from ablations.engine import run_job
+from ablations.run import run_job
 
 configs.register_configs()
 

@@ -42,7 +42,7 @@ def _serve(conn, name: str, downsample: str, setting: str, args: argparse.Namesp
         model = create_model(name, downsample=downsample, T=args.T, num_classes=10)
         plan = fast.configure(model, "fast", device="cpu", retain_memory=setting == "retained")
         assert plan.retained_memory == (setting == "retained")
-        # the harness's optimiser in fast mode (`ablations.engine.fused_optimizer`)
+        # the harness's optimiser in fast mode (`ablations.build.fused_optimizer`)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=plan.fused_optimizer)
         images = torch.rand(args.batch_size, 3, 32, 32)
         labels = torch.randint(0, 10, (args.batch_size,))

@@ -23,11 +23,14 @@ GROUPS = (
     "optim",
     "sched",
     "trainer",
+    "speed",
     "probe",
     "logger",
     "launcher",
     "paths",
+    "debug",
 )
+SPEED_KEYS = {"mode", "amp", "exact", "cuda_graph", "retain_memory"}
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 
 
@@ -64,6 +67,40 @@ def test_group_files_comment_every_key():
     for path in CONF.rglob("*.yaml"):
         lines = path.read_text().splitlines()
         assert lines[0].startswith("#"), f"{path} must open with a comment saying what it is"
+
+
+@pytest.mark.parametrize("group", ["speed", "debug"])
+def test_every_value_has_its_comment(group):
+    for path in (CONF / group).glob("*.yaml"):
+        for line in path.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if value.strip() and not line.lstrip().startswith(("#", "-")):
+                assert "#" in value, f"{path.name}: {key.strip()} has no comment"
+
+
+def test_speed_presets_fill_the_trainer_node():
+    """``speed=<preset>`` chooses the keys; ``trainer.<key>=`` still sets one of them."""
+    default = compose_cfg()
+    assert "speed" not in default and default.trainer.keys() >= SPEED_KEYS
+    for option in options("speed"):
+        assert set(OmegaConf.load(CONF / "speed" / f"{option}.yaml")) == SPEED_KEYS
+    assert (default.trainer.mode, default.trainer.exact, default.trainer.retain_memory) == (
+        "fast",
+        False,
+        False,
+    )
+    assert compose_cfg("speed=exact").trainer.exact is True
+    assert compose_cfg("speed=reference").trainer.mode == "reference"
+    assert compose_cfg("speed=reference", "trainer.mode=fast").trainer.mode == "fast"
+    assert compose_cfg("trainer.mode=reference").trainer.mode == "reference"
+    assert compose_cfg("experiment=quickstart").trainer.exact is True
+
+
+def test_debug_runs_are_tiny_and_pass_checks():
+    for option in options("debug"):
+        cfg = compose_cfg(f"debug={option}")
+        assert cfg.dataset.loader == "synthetic" and cfg.trainer.epochs <= 3
+        assert check_config(cfg) == 2
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)

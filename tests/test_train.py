@@ -1,8 +1,8 @@
 """The training harness in-process: exact resume, skip, failure isolation, checks, losses."""
 
+import dataclasses
 import json
 import math
-import re
 from pathlib import Path
 
 import pytest
@@ -11,28 +11,12 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_module
 
 import ablations.configs  # noqa: F401  (registers the model group)
-from ablations import engine, store
+from ablations import loop, run, store
 from ablations.checks import ConfigError, check_config
-from ablations.distributed import Dist
 from ablations.losses import SoftTargets, TETLoss, TimeMeanCrossEntropy
 from ablations.rundir import RunRecord
 from gradprobe import allocator, cl_pool, fast
 
-#: A run that takes about a second per epoch on one CPU core.
-TINY = [
-    "dataset=synthetic",
-    "model=sps_tokenizer_cifar",
-    "+model.kwargs.embed_dim=16",
-    "model.T=2",
-    "trainer.epochs=3",
-    "trainer.cooldown_epochs=0",
-    "trainer.batch_size=16",
-    "trainer.eval_batch_size=64",
-    "trainer.progress=none",
-    "trainer.cpu_threads=1",
-    "sched.warmup_t=1",
-    "optim.lr=5e-3",
-]
 #: Every random source of the recipe: flips, RandAugment, erasing (python random), mixup (numpy).
 RANDOM = [
     "dataset.augment.hflip=0.5",
@@ -48,11 +32,11 @@ TIMES = ("epoch_time_s", "images_per_s")
 
 def config(*overrides: str):
     with initialize_config_module("ablations.conf", version_base="1.3"):
-        return compose("config", overrides=[*TINY, *overrides])
+        return compose("config", overrides=["debug=tiny", *overrides])  # about 1 s an epoch
 
 
-def run(cfg, sweep: Path, run_id: str = "run") -> str:
-    return engine.run_job(cfg, sweep / run_id, sweep)
+def run_job(cfg, sweep: Path, run_id: str = "run") -> str:
+    return run.run_job(cfg, sweep / run_id, sweep)
 
 
 def numbers(doc: dict) -> list[dict]:
@@ -70,7 +54,7 @@ def same_rows(a: list[dict], b: list[dict]) -> bool:
 
 def test_resumed_run_ends_with_exactly_the_uninterrupted_numbers(tmp_path, monkeypatch):
     cfg = config(*RANDOM)
-    assert run(cfg, tmp_path / "straight") == "finished"
+    assert run_job(cfg, tmp_path / "straight") == "finished"
     straight = store.read_run(tmp_path / "straight", "run")
 
     # kill after epoch 2 is checkpointed: the process dies before recording anything else
@@ -83,13 +67,13 @@ def test_resumed_run_ends_with_exactly_the_uninterrupted_numbers(tmp_path, monke
 
     monkeypatch.setattr(RunRecord, "update", killed_after_two)
     with pytest.raises(KeyboardInterrupt):
-        run(cfg, tmp_path / "killed")
+        run_job(cfg, tmp_path / "killed")
     interrupted = store.read_run(tmp_path / "killed", "run")
     assert interrupted["status"] == "running" and len(interrupted["history"]) == 2
     monkeypatch.setattr(RunRecord, "update", update)
 
     torch.manual_seed(1234)  # the resumed process starts from a different global RNG state
-    assert run(cfg, tmp_path / "killed") == "finished"
+    assert run_job(cfg, tmp_path / "killed") == "finished"
     resumed = store.read_run(tmp_path / "killed", "run")
     assert resumed["status"] == "finished" and len(resumed["history"]) == 3
     assert numbers(resumed) == numbers(straight)
@@ -102,7 +86,7 @@ def test_resumed_run_ends_with_exactly_the_uninterrupted_numbers(tmp_path, monke
 
 def test_run_records_every_file(tmp_path):
     cfg = config("trainer.epochs=1")
-    assert run(cfg, tmp_path) == "finished"
+    assert run_job(cfg, tmp_path) == "finished"
     run_dir = tmp_path / "run"
     for name in (
         "config.yaml",
@@ -124,6 +108,10 @@ def test_run_records_every_file(tmp_path):
     env = json.loads((run_dir / "environment.json").read_text())
     assert env["mode"] == "fast" and env["precision"] == "fp32"
     assert env["lif_kernel"] in ("fused-inductor", "fused-eager")
+    # the plan as a whole: a field added to StepPlan appears without an edit here
+    assert {field.name for field in dataclasses.fields(fast.StepPlan)} <= env.keys()
+    assert env["amp_dtype"] is None and env["cuda_graph"] is False
+    assert doc["invocation"] is None  # not launched by the command (tests/test_train_sweep.py)
 
 
 def test_a_checkpoint_of_either_mode_resumes_in_the_other(tmp_path, monkeypatch):
@@ -137,10 +125,11 @@ def test_a_checkpoint_of_either_mode_resumes_in_the_other(tmp_path, monkeypatch)
     for first, then in (("reference", "fast"), ("fast", "reference")):
         monkeypatch.setattr(RunRecord, "update", killed_after_one)
         with pytest.raises(KeyboardInterrupt):
-            run(config("trainer.epochs=2", f"trainer.mode={first}"), tmp_path, first)
+            run_job(config("trainer.epochs=2", f"trainer.mode={first}"), tmp_path, first)
         monkeypatch.setattr(RunRecord, "update", update)
         assert (
-            run(config("trainer.epochs=2", f"trainer.mode={then}"), tmp_path, first) == "finished"
+            run_job(config("trainer.epochs=2", f"trainer.mode={then}"), tmp_path, first)
+            == "finished"
         )
         doc = store.read_run(tmp_path, first)
         assert len(doc["history"]) == 2
@@ -149,31 +138,29 @@ def test_a_checkpoint_of_either_mode_resumes_in_the_other(tmp_path, monkeypatch)
 
 
 def test_tensorboard_logger_writes_event_files(tmp_path):
-    assert run(config("trainer.epochs=1", "logger=tensorboard"), tmp_path) == "finished"
+    assert run_job(config("trainer.epochs=1", "logger=tensorboard"), tmp_path) == "finished"
     assert list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))
 
 
 def test_finished_runs_are_skipped(tmp_path, monkeypatch):
     cfg = config("trainer.epochs=1")
-    assert run(cfg, tmp_path) == "finished"
-    monkeypatch.setattr(
-        engine, "fit", lambda *a, **k: pytest.fail("a finished run was trained again")
-    )
-    assert run(cfg, tmp_path) == "finished"
+    assert run_job(cfg, tmp_path) == "finished"
+    monkeypatch.setattr(run, "fit", lambda *a, **k: pytest.fail("a finished run was trained again"))
+    assert run_job(cfg, tmp_path) == "finished"
 
 
 def test_a_run_that_raises_is_recorded_failed(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(engine, "train_one_epoch", boom)
-    assert run(config(), tmp_path) == "failed"
+    monkeypatch.setattr(loop, "train_one_epoch", boom)
+    assert run_job(config(), tmp_path) == "failed"
     doc = store.read_run(tmp_path, "run")
     assert doc["status"] == "failed" and doc["error"] == "RuntimeError: disk on fire"
 
 
 def test_non_finite_loss_stops_the_run(tmp_path):
-    assert run(config("loss=tet", "loss.phi=inf"), tmp_path) == "failed"
+    assert run_job(config("loss=tet", "loss.phi=inf"), tmp_path) == "failed"
     doc = store.read_run(tmp_path, "run")
     assert doc["error"].startswith("training loss is inf at epoch 1, step 0: the run stops")
 
@@ -196,6 +183,7 @@ def test_non_finite_loss_stops_the_run(tmp_path):
         ("trainer.amp=fp8", "unknown trainer.amp 'fp8'; choices: auto, bf16, fp16, fp32"),
         ("trainer.mode=turbo", "unknown trainer.mode 'turbo'; choices: fast, reference"),
         ("trainer.exact=maybe", "trainer.exact must be true or false, got 'maybe'"),
+        ("trainer.retain_memory=1", "trainer.retain_memory must be true or false, got 1"),
         ("neuron.kernel=loop", "neuron.kernel=loop needs trainer.mode=reference, got 'fast'"),
     ],
 )
@@ -204,14 +192,14 @@ def test_bad_choices_are_rejected_before_training(tmp_path, monkeypatch, overrid
     with pytest.raises(ConfigError) as err:
         check_config(cfg)
     assert message in str(err.value) and "\n" not in str(err.value)
-    monkeypatch.setattr(engine, "fit", lambda *a, **k: pytest.fail("training started"))
-    assert run(cfg, tmp_path) == "failed"
+    monkeypatch.setattr(run, "fit", lambda *a, **k: pytest.fail("training started"))
+    assert run_job(cfg, tmp_path) == "failed"
     assert message in store.read_run(tmp_path, "run")["error"]
 
 
 def test_missing_data_is_rejected_with_where_to_put_it(tmp_path):
     cfg = config("dataset=cifar10", f"paths.data={tmp_path}", "dataset.download=false")
-    assert run(cfg, tmp_path) == "failed"
+    assert run_job(cfg, tmp_path) == "failed"
     assert "dataset.download=true" in store.read_run(tmp_path, "run")["error"]
 
 
@@ -248,7 +236,7 @@ def test_trainer_exact_picks_the_cpu_fast_path(tmp_path, monkeypatch, exact):
     here) or the bit-identical fp32 step; ``environment.json`` says which ran."""
     monkeypatch.setattr(fast, "cpu_has_native_bf16", lambda: True)
     cfg = config("trainer.device=cpu", f"trainer.exact={str(exact).lower()}")
-    assert run(cfg, tmp_path) == "finished"
+    assert run_job(cfg, tmp_path) == "finished"
     env = json.loads((tmp_path / "run" / "environment.json").read_text())
     assert env["exact"] is exact
     assert env["grad_precision"] == ("fp32" if exact else "bf16")
@@ -268,7 +256,7 @@ def test_a_run_trains_on_cuda_with_the_probe(tmp_path, mode):
     amp = {"fast": "bf16", "reference": "fp16"}[mode]
     overrides = [f"trainer.mode={mode}", f"trainer.amp={amp}", "probe=landing", "probe.every=2"]
     cfg = config("trainer.device=cuda", *overrides)
-    assert run(cfg, tmp_path) == "finished"
+    assert run_job(cfg, tmp_path) == "finished"
     doc = store.read_run(tmp_path, "run")
     env = json.loads((tmp_path / "run" / "environment.json").read_text())
     assert env["precision"] == amp
@@ -283,91 +271,6 @@ def test_a_run_trains_on_cuda_with_the_probe(tmp_path, mode):
 def test_cuda_graph_setting_is_checked(tmp_path):
     with pytest.raises(ConfigError, match=r"unknown trainer\.cuda_graph 'maybe'; choices: auto"):
         check_config(config("trainer.cuda_graph=maybe"))
-    assert run(config("trainer.cuda_graph=on", "trainer.device=cpu"), tmp_path) == "failed"
+    assert run_job(config("trainer.cuda_graph=on", "trainer.device=cpu"), tmp_path) == "failed"
     doc = store.read_run(tmp_path, "run")
     assert doc["error"] == "trainer.cuda_graph=on cannot run with device cpu"
-
-
-@pytest.mark.parametrize(
-    ("overrides", "expected"),
-    [
-        (["trainer.cuda_graph=auto"], None),  # CPU: eager, silently
-        (["trainer.cuda_graph=off", "trainer.device=cuda"], None),
-        (["trainer.cuda_graph=auto", "trainer.mode=reference", "trainer.device=cuda"], None),
-        (["trainer.cuda_graph=on", "trainer.mode=reference"], "trainer.mode=reference"),
-        (["trainer.cuda_graph=on", "optim=sgd"], "SGD (no capturable mode)"),
-    ],
-)
-def test_when_the_harness_captures_cuda_graphs(overrides, expected):
-    cfg = config(*overrides)
-    model = torch.nn.Linear(2, 2)
-    optimizer = engine.build_optimizer(cfg.optim, model)
-    device = torch.device("cpu" if cfg.trainer.device == "auto" else cfg.trainer.device)
-    plan = fast.StepPlan(str(cfg.trainer.mode), device, None, "loop", False, 0)
-    args = (cfg.trainer, model, optimizer, F.cross_entropy, plan, None, Dist())
-    if expected is None:
-        assert engine.cuda_graph_step(*args) is None
-    else:
-        with pytest.raises(ConfigError, match=re.escape(expected)):
-            engine.cuda_graph_step(*args)
-
-
-def test_a_failed_capture_leaves_the_run_eager(caplog):
-    class BrokenCapture:
-        graph, failed = None, None
-
-        def capture(self, x, target):
-            self.failed = "RuntimeError: capture refused"
-            raise RuntimeError("capture refused")
-
-    from gradprobe.models import create_model
-    from gradprobe.probe import attach_probe
-
-    model = create_model("sps_tokenizer_cifar", downsample="maxpool_lif", T=1, embed_dim=16)
-    with attach_probe(model) as probe:
-        x = torch.rand(2, 3, 32, 32)
-        assert engine.replay(BrokenCapture(), probe, x, torch.zeros(2, 10)) is None
-        assert probe.enabled and probe.step == -1  # hooks back, no step counted
-    assert (
-        "CUDA graph capture failed, training eagerly: RuntimeError: capture refused" in caplog.text
-    )
-
-
-@pytest.mark.parametrize(
-    ("overrides", "mode", "exact", "device", "fused"),
-    [
-        ([], "fast", False, "cpu", True),  # fast mode on CPU: PyTorch's fused AdamW kernel
-        (["optim=adam"], "fast", False, "cpu", True),
-        ([], "fast", True, "cpu", False),  # trainer.exact keeps the per-tensor loop
-        ([], "reference", True, "cpu", False),  # as the official code steps
-        ([], "fast", False, "cuda", False),  # CUDA keeps its (graph-captured) optimiser
-        (["optim=sgd"], "fast", False, "cpu", False),
-        (["+optim.fused=false"], "fast", False, "cpu", False),  # the user's choice wins
-    ],
-)
-def test_fast_mode_fuses_adam_on_cpu(overrides, mode, exact, device, fused) -> None:
-    cfg = config(*overrides)
-    plan = fast.StepPlan(mode, torch.device(device), None, "loop", False, 0, exact=exact)
-    assert engine.fused_optimizer(cfg.optim, plan) is fused
-    optimizer = engine.build_optimizer(
-        cfg.optim, torch.nn.Linear(2, 2), plan if device == "cpu" else None
-    )
-    assert bool(optimizer.defaults.get("fused")) is (fused and device == "cpu")
-
-
-def test_fused_adamw_steps_like_the_loop() -> None:
-    cfg = config()
-    plan = fast.StepPlan("fast", torch.device("cpu"), None, "loop", False, 0, exact=False)
-    models = [torch.nn.Linear(8, 4) for _ in range(2)]
-    models[1].load_state_dict(models[0].state_dict())
-    optimizers = [engine.build_optimizer(cfg.optim, models[0], plan)]
-    optimizers.append(engine.build_optimizer(cfg.optim, models[1]))
-    assert optimizers[0].defaults["fused"] and not optimizers[1].defaults.get("fused")
-    x = torch.randn(16, 8)
-    for _ in range(3):
-        for model, optimizer in zip(models, optimizers, strict=True):
-            optimizer.zero_grad()
-            model(x).square().mean().backward()
-            optimizer.step()
-    for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -9,21 +9,12 @@ import pytest
 from hydra import compose, initialize_config_module
 
 import ablations.configs  # noqa: F401  (registers the model group)
-from ablations import engine, store
+from ablations import store
+from ablations.run import run_job
 
 ROOT = Path(__file__).resolve().parents[1]
 CIFAR10_JPEG = ROOT.parent / "shared" / "data" / "cifar10-jpeg"
-TINY = [
-    "dataset=synthetic",
-    "model=sps_tokenizer_cifar",
-    "+model.kwargs.embed_dim=16",
-    "trainer.epochs=1",
-    "trainer.cooldown_epochs=0",
-    "trainer.batch_size=32",
-    "trainer.cpu_threads=1",
-    "sched.warmup_t=0",
-    "experiment_name=cli",
-]
+TINY = ["debug=smoke", "experiment_name=cli"]  # one epoch of a tiny model, seconds
 
 
 def cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
@@ -48,6 +39,15 @@ def test_sweep_isolates_a_failing_job_and_a_rerun_skips_finished_runs(tmp_path):
     assert again.returncode == 1
     assert "finished before" in again.stdout + again.stderr
     assert store.read_run(tmp_path / "cli", finished["run_id"])["history"] == finished["history"]
+    # each command stamps the documents it writes; the skipped run keeps the first one's id
+    runs = {doc["run_id"]: doc for doc in store.iter_runs(tmp_path / "cli")}
+    failed = next(doc for doc in runs.values() if doc["status"] == "failed")
+    assert finished["invocation"] and failed["invocation"]
+    assert runs[finished["run_id"]]["invocation"] == finished["invocation"] != failed["invocation"]
+
+    # the earlier commands' failure is still in the store, but not this command's
+    skipped = cli(tmp_path, "-m", "model.T=2")
+    assert skipped.returncode == 0, skipped.stdout + skipped.stderr
 
     single = cli(tmp_path, "dataset.img_size=30")
     assert single.returncode == 1
@@ -67,6 +67,8 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
     runs = list(store.iter_runs(tmp_path / "cli"))
     assert sorted(doc["downsample"] for doc in runs) == ["lif_maxpool", "maxpool_lif"]
     assert all(doc["status"] == "finished" for doc in runs)
+    # the command's invocation id reached both worker processes
+    assert runs[0]["invocation"] and runs[0]["invocation"] == runs[1]["invocation"]
 
 
 @pytest.mark.slow
@@ -107,7 +109,7 @@ def test_a_few_hundred_steps_on_real_cifar10_beat_chance(tmp_path):
                 "trainer.progress=none",
             ],
         )
-    assert engine.run_job(cfg, tmp_path / "run", tmp_path) == "finished"
+    assert run_job(cfg, tmp_path / "run", tmp_path) == "finished"
     doc = store.read_run(tmp_path, "run")
     steps = sum(1 for _ in doc["history"]) * cfg.trainer.max_steps_per_epoch
     assert steps == 300
