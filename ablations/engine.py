@@ -41,7 +41,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ablations.checks import ConfigError, check_config, model_kwargs
-from ablations.datasets import LoaderData, TensorData, build_dataset
+from ablations.data import LoaderData, TensorData, build_dataset
 from ablations.distributed import Dist
 from ablations.losses import SoftTargets, build_loss
 from ablations.rundir import RunRecord
