@@ -19,7 +19,7 @@ from timm.optim import param_groups_weight_decay
 from torch import nn
 
 from ablations.checks import ConfigError, model_kwargs
-from ablations.datasets import LoaderData, TensorData, build_dataset
+from ablations.data import LoaderData, TensorData, build_dataset
 from ablations.distributed import Dist
 from ablations.losses import SoftTargets, build_loss
 from ablations.rundir import RunRecord

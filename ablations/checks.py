@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from omegaconf import DictConfig
 
-from ablations.datasets import list_datasets
+from ablations.data import list_datasets
 from ablations.losses import LOSSES
 from gradprobe.downsample import PoolSpec, list_downsamples
 from gradprobe.fast import MODES

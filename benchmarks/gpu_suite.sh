@@ -8,7 +8,9 @@
 #   3. the CUDA tests (pytest -m gpu);
 #   4. the GPU Table 1 study (ablations/conf/experiment/repro_table1_gpu.yaml), its epochs sized
 #      from the smoke's images/s to end before the deadline.
-# Usage (from the repository root, with $GRADPROBE_DATA/cifar10-jpeg in place):
+# Usage (from the repository root, with $GRADPROBE_DATA/cifar10-jpeg in place; to carry it over:
+# `tar czf cifar10-jpeg.tar.gz -C ../shared/data cifar10-jpeg` here,
+# `tar xzf cifar10-jpeg.tar.gz -C "$GRADPROBE_DATA"` there):
 #   benchmarks/gpu_suite.sh OUT_DIR [TOTAL_SECONDS]
 #   GPU_SUITE_STAGES="tests bench" benchmarks/gpu_suite.sh OUT_DIR 300   # these stages, in order
 # (stages: smoke, bench, bench_spikformer (its first part), tests, study)

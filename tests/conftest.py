@@ -47,3 +47,20 @@ def broken_kernels(monkeypatch: pytest.MonkeyPatch):
         return kernels
 
     return install
+
+
+@pytest.fixture
+def dataset_cfg():
+    """``dataset_cfg(option, **changes)``: the ``dataset`` group option as the harness composes
+    it (its parent options first), with ``changes`` merged in."""
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    import ablations.configs  # noqa: F401  (registers the model group)
+
+    def make(option: str, **changes):
+        with initialize_config_module("ablations.conf", version_base="1.3"):
+            cfg = compose("config", overrides=[f"dataset={option}"])
+        return OmegaConf.merge(cfg.dataset, changes)
+
+    return make

@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 import ablations.configs  # registers the model group and the run-id resolver
 from ablations.checks import check_config
 from ablations.configs import run_id_from_overrides
-from ablations.datasets import list_datasets
+from ablations.data import list_datasets
 from ablations.losses import LOSSES
 from gradprobe.downsample import list_downsamples
 from gradprobe.models import list_models
