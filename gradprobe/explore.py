@@ -150,25 +150,12 @@ def probe_variants(
     labels: torch.Tensor | None = None,
     *,
     downsamples: Iterable[str] | None = None,
-    seed: int = 0,
-    keep_maps: bool = False,
-    **model_kwargs: object,
+    **kwargs: object,
 ) -> VariantProbes:
     """One probed forward/backward per variant, same weights, same batch.
 
-    `gradprobe.compare.probe_variants` on one batch, the variants in display order by default.
-
-    Args:
-        model: A registered backbone name, or a factory ``variant -> module`` (e.g. a site
-            from `build_downsample`).
-        inputs: The module's input (``[B, C, H, W]`` images for a backbone, ``[T, B, C, H, W]``
-            for a bare site).
-        labels: Class labels: the loss is cross-entropy on the output; ``None``: the sum of
-            the output (every window then routes a gradient of 1).
-        downsamples: Variants; `variants()` by default.
-        seed: Weight seed, the same for every variant.
-        keep_maps: Keep x, spikes, landing and argmax maps in the records.
-        **model_kwargs: Passed to `create_model` (``T``, ``num_classes``...).
+    `gradprobe.compare.probe_variants` (same arguments: ``seed``, ``keep_maps``, model
+    arguments such as ``T``...), the variants in display order, `variants()`, by default.
 
     Returns:
         The probe frames of all variants concatenated (`gradprobe.probe.FRAME_COLUMNS`) and
@@ -181,15 +168,8 @@ def probe_variants(
         >>> frame["precision"].tolist()
         [1.0, 1.0]
     """
-    return compare.probe_variants(
-        model,
-        inputs,
-        labels,
-        downsamples=list(downsamples or variants()),
-        seed=seed,
-        keep_maps=keep_maps,
-        **model_kwargs,
-    )
+    order = list(downsamples or variants())
+    return compare.probe_variants(model, inputs, labels, downsamples=order, **kwargs)
 
 
 def site_report(
