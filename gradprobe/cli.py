@@ -1,7 +1,8 @@
 """``gradprobe`` command line: ``gradprobe probe`` measures where each variant lands its gradient.
 
 For every requested variant the same untrained model (same seed, so the same initial weights)
-runs forward and backward on the same images with a `gradprobe.probe.Probe` attached. The loss
+runs forward and backward on the same images with a `gradprobe.probe.Probe` attached
+(`gradprobe.compare.probe_variants`, which the notebooks use too). The loss
 for backward is the cross-entropy of the model's logits (mean over T) against the true labels:
 an untrained network's gradient is what the first training step would use, and the landing
 question is about routing, not about how good the gradient is. The model runs in training mode
@@ -16,19 +17,19 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
-from spikingjelly.activation_based import functional
 
+from gradprobe.compare import probe_variants
 from gradprobe.data import DataNotFoundError, load_digits, load_image_folder
 from gradprobe.downsample import DOWNSAMPLES, list_downsamples
 from gradprobe.models import MODELS, create_model
-from gradprobe.probe import attach_probe, summarize
+from gradprobe.probe import summarize
 from gradprobe.registry import UnknownNameError
 
 # CIFAR-10 channel statistics (spec section 4); applied to every image source.
@@ -188,32 +189,28 @@ def run_probe(job: _Job, T: int, batch_size: int, seed: int, progress: bool = Tr
     """Probe every variant of ``job`` and return the tidy frame of all of them."""
     from tqdm.auto import tqdm
 
-    x_all = _normalize(job.images)
-    batches = [
-        (x_all[i : i + batch_size], job.labels[i : i + batch_size])
-        for i in range(0, len(job.labels), batch_size)
-    ]
-    total = len(batches) * len(job.variants)
+    steps = math.ceil(len(job.labels) / batch_size) * len(job.variants)
     bar = tqdm(
-        total=total, disable=not progress or total <= 1 or None, unit="batch", file=sys.stderr
+        total=steps, disable=not progress or steps <= 1 or None, unit="batch", file=sys.stderr
     )
-    frames = []
-    for variant in job.variants:
-        torch.manual_seed(seed)
-        model = create_model(
-            job.model, downsample=variant, T=T, num_classes=job.num_classes, **job.model_kwargs
-        )
-        model.train()
-        with attach_probe(model) as probe:
-            for x, y in batches:
-                functional.reset_net(model)
-                F.cross_entropy(model(x), y).backward()
-                model.zero_grad(set_to_none=True)
-                bar.set_postfix_str(variant)
-                bar.update()
-        frames.append(probe.to_frame())
-    bar.close()
-    return pd.concat(frames, ignore_index=True)
+
+    def advance(variant: str) -> None:
+        bar.set_postfix_str(variant)
+        bar.update()
+
+    with bar:
+        return probe_variants(
+            job.model,
+            _normalize(job.images),
+            job.labels,
+            downsamples=job.variants,
+            seed=seed,
+            batch_size=batch_size,
+            on_step=advance,
+            T=T,
+            num_classes=job.num_classes,
+            **job.model_kwargs,
+        ).frame
 
 
 def _format_table(summary: pd.DataFrame) -> str:

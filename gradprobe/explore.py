@@ -1,14 +1,16 @@
 """One-call experiments behind the notebooks: example inputs, one probed batch per variant.
 
 The notebooks in ``notebooks/`` hold no logic of their own; what they run lives here, on top
-of `gradprobe.probe`, `gradprobe.cost` and `gradprobe.attribution`:
+of `gradprobe.compare`, `gradprobe.cost` and `gradprobe.attribution`:
 
-* `data_root` and `example_images`: a real image batch, CIFAR-10 from the shared JPEG folder
-  when it is present and the embedded digits otherwise, so every notebook runs offline.
+* `data_root` and `example_images`: a real image batch, CIFAR-10 from the JPEG folder under
+  the data root the caller passes (or ``$GRADPROBE_DATA``) when it is there, the embedded
+  digits otherwise, so every notebook runs offline.
 * `passthrough_site`: a downsampling site whose conv-BN is the identity, so a hand-made
   pre-spike map x is exactly what the neuron and the pool see (one window, eqs. (7)/(11)).
 * `probe_variants`: one forward/backward of the same weights and batch for every variant,
-  probed at every site; `site_report` adds `gradprobe.cost`'s LIF neurons per site.
+  probed at every site (`gradprobe.compare.probe_variants`, variants in display order);
+  `site_report` adds `gradprobe.cost`'s LIF neurons per site.
 * `variant_attributions`: captum attributions at a site's pre-spike map for every variant.
 
 Untrained models are run in training mode: BatchNorm then normalises with the batch's own
@@ -19,17 +21,18 @@ neuron stays silent and every window would tie (see `gradprobe.cost.measure_cost
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from spikingjelly.activation_based import functional
 from torch import nn
 
+from gradprobe import compare
 from gradprobe.attribution import site_attribution
+from gradprobe.compare import ModelSpec, VariantProbes, build_variant
 from gradprobe.cost import cost_report
 from gradprobe.data import DIGITS_CLASSES, load_digits, load_image_folder
 from gradprobe.downsample import (
@@ -39,19 +42,23 @@ from gradprobe.downsample import (
     list_downsamples,
 )
 from gradprobe.labels import sort_variants
-from gradprobe.models import create_model
 from gradprobe.neuron import NeuronConfig
-from gradprobe.probe import SiteRecord, attach_probe, summarize
+from gradprobe.probe import summarize
 
 CIFAR10_JPEG = "cifar10-jpeg"
 
 
-def data_root() -> Path:
-    """Where shared datasets live: ``$GRADPROBE_DATA``, else ``../shared/data`` beside the
-    checkout (the harness's ``paths.data`` default, resolved from the checkout root rather than
-    the working directory, so notebooks find it from ``notebooks/`` too)."""
-    env = os.environ.get("GRADPROBE_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+def data_root(root: str | os.PathLike | None = None) -> Path | None:
+    """The dataset root: ``root`` if given, else ``$GRADPROBE_DATA`` (the variable the
+    harness's ``paths.data`` reads), else ``None``: no dataset, use the embedded digits.
+
+    Example:
+        >>> str(data_root("/data/sets"))
+        '/data/sets'
+    """
+    if root is None:
+        root = os.environ.get("GRADPROBE_DATA") or None
+    return None if root is None else Path(root)
 
 
 @dataclass(frozen=True)
@@ -78,7 +85,8 @@ def example_images(
 
     Args:
         n: Number of images (a seeded random subset of the test split).
-        root: Dataset root; `data_root()` by default.
+        root: Dataset root; ``None``: ``$GRADPROBE_DATA`` if set (`data_root`), else the
+            embedded digits.
         seed: Seed of the subset draw.
 
     Returns:
@@ -89,8 +97,9 @@ def example_images(
         >>> batch.source, tuple(batch.images.shape)
         ('digits', (2, 3, 32, 32))
     """
-    folder = Path(root or data_root()) / CIFAR10_JPEG / "test"
-    if folder.is_dir():
+    base = data_root(root)
+    folder = base / CIFAR10_JPEG / "test" if base is not None else None
+    if folder is not None and folder.is_dir():
         images, labels, classes = load_image_folder(folder, limit=n, size=32, seed=seed, workers=1)
         source = f"{CIFAR10_JPEG}/test"
     else:
@@ -134,36 +143,18 @@ def variants() -> list[str]:
     return sort_variants(list_downsamples())
 
 
-def _build(model: str | Callable[[str], nn.Module], variant: str, seed: int, kwargs: dict):
-    torch.manual_seed(seed)  # same seed, same weights: the variants share parameter shapes
-    if isinstance(model, str):
-        return create_model(model, downsample=variant, **kwargs)
-    return model(variant)
-
-
 def probe_variants(
-    model: str | Callable[[str], nn.Module],
+    model: ModelSpec,
     inputs: torch.Tensor,
     labels: torch.Tensor | None = None,
     *,
     downsamples: Iterable[str] | None = None,
-    seed: int = 0,
-    keep_maps: bool = False,
-    **model_kwargs: object,
-) -> tuple[pd.DataFrame, dict[str, list[SiteRecord]]]:
+    **kwargs: object,
+) -> VariantProbes:
     """One probed forward/backward per variant, same weights, same batch.
 
-    Args:
-        model: A registered backbone name, or a factory ``variant -> module`` (e.g. a site
-            from `build_downsample`).
-        inputs: The module's input (``[B, C, H, W]`` images for a backbone, ``[T, B, C, H, W]``
-            for a bare site).
-        labels: Class labels: the loss is cross-entropy on the output; ``None``: the sum of
-            the output (every window then routes a gradient of 1).
-        downsamples: Variants; `variants()` by default.
-        seed: Weight seed, the same for every variant.
-        keep_maps: Keep x, spikes, landing and argmax maps in the records.
-        **model_kwargs: Passed to `create_model` (``T``, ``num_classes``...).
+    `gradprobe.compare.probe_variants` (same arguments: ``seed``, ``keep_maps``, model
+    arguments such as ``T``...), the variants in display order, `variants()`, by default.
 
     Returns:
         The probe frames of all variants concatenated (`gradprobe.probe.FRAME_COLUMNS`) and
@@ -176,20 +167,8 @@ def probe_variants(
         >>> frame["precision"].tolist()
         [1.0, 1.0]
     """
-    frames, records = [], {}
-    for variant in downsamples or variants():
-        net = _build(model, variant, seed, model_kwargs).train()
-        functional.reset_net(net)
-        x = inputs.clone().requires_grad_(True)
-        with attach_probe(net, keep_maps=keep_maps) as probe:
-            out = net(x)
-            loss = out.sum() if labels is None else F.cross_entropy(out, labels)
-            loss.backward()
-        functional.reset_net(net)
-        frames.append(probe.to_frame())
-        rank = {site.name: i for i, site in enumerate(probe.sites)}
-        records[variant] = sorted(probe.records, key=lambda r: (r.step, rank[r.site], r.t0))
-    return pd.concat(frames, ignore_index=True), records
+    order = list(downsamples or variants())
+    return compare.probe_variants(model, inputs, labels, downsamples=order, **kwargs)
 
 
 def site_report(
@@ -258,7 +237,7 @@ def variant_attributions(
     """
     maps = {}
     for variant in downsamples or variants():
-        net = _build(model_name, variant, seed, model_kwargs).train()
+        net = build_variant(model_name, variant, seed, **model_kwargs).train()
         name = list(net.downsample_sites())[site]
         maps[variant] = site_attribution(
             net, name, images, labels, multiply_by_activation=multiply_by_activation

@@ -31,10 +31,15 @@
 # computes eqs. (7) and (11) from the equations alone; the figures come from `gradprobe.plots`.
 
 # %% tags=["parameters"]
+import os
+
 N_IMAGES = 8  # CIFAR-10 test images (the embedded digits when the JPEG folder is absent)
 T = 4  # time steps, the references' CIFAR setting
 BACKBONE = "spikformer_4_384_cifar"  # the backbone of the paper's Table 1
 SEED = 0  # weights and the image draw
+# Dataset root holding cifar10-jpeg/: $GRADPROBE_DATA, else the harness's paths.data default
+# (../shared/data beside the checkout) seen from notebooks/; without it, the embedded digits.
+DATA = os.environ.get("GRADPROBE_DATA", "../../shared/data")
 
 # %%
 import torch
@@ -91,7 +96,7 @@ frame[["variant", "precision", "mass_at_argmax", "tie_rate", "spike_rate"]]
 # a gradient.
 
 # %%
-batch = example_images(N_IMAGES, seed=SEED)
+batch = example_images(N_IMAGES, root=DATA, seed=SEED)
 print(f"{len(batch.labels)} images from {batch.source}:", [batch.classes[i] for i in batch.labels])
 x_seq = batch.images[None].expand(T, -1, -1, -1, -1)  # [T, B, C, H, W]
 frame, records = probe_variants(

@@ -31,6 +31,8 @@
 # attribution at the site's pre-spike map x shows where each variant lets the gradient in.
 
 # %% tags=["parameters"]
+import os
+
 N_IMAGES = 4  # CIFAR-10 test images per backbone x variant (digits when the JPEG folder is absent)
 T = 4  # time steps of the CIFAR backbones
 BACKBONES = ["*cifar"]  # registry names or patterns of the backbones probed at real size
@@ -38,6 +40,9 @@ OTHER_FORMS = ["*imagenet", "*dvs*"]  # forms whose LIF cost is counted on a tin
 OTHER_IMG_SIZE = 32  # that tiny input's side (a multiple of 16)
 ATTRIBUTION_BACKBONE = "spikformer_4_384_cifar"  # backbone of the captum maps
 SEED = 0  # weights and the image draw
+# Dataset root holding cifar10-jpeg/: $GRADPROBE_DATA, else the harness's paths.data default
+# (../shared/data beside the checkout) seen from notebooks/; without it, the embedded digits.
+DATA = os.environ.get("GRADPROBE_DATA", "../../shared/data")
 
 # %%
 import pandas as pd
@@ -50,7 +55,7 @@ from gradprobe.probe import summarize
 
 backbones = [name for pattern in BACKBONES for name in list_models(pattern)]
 other_forms = [name for pattern in OTHER_FORMS for name in list_models(pattern)]
-batch = example_images(N_IMAGES, seed=SEED)
+batch = example_images(N_IMAGES, root=DATA, seed=SEED)
 print(f"{len(batch.labels)} images from {batch.source};", len(backbones), "backbones probed")
 
 # %% [markdown]

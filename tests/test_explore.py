@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -18,6 +20,7 @@ from gradprobe.explore import (
     variants,
 )
 
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 POOLING = ["lif_maxpool", "maxpool_lif", "avgpool_lif"]
 # One 3x3 window: four positions reach the LIF threshold (x >= 2 at t=0) and tie; the argmax
 # (3.8, position 4) is not the first of them (2.3, position 1).
@@ -32,11 +35,17 @@ def test_variants_in_paper_order():
     assert variants()[:4] == ["lif_maxpool", "maxpool_lif", "avgpool_lif", "strided_conv"]
 
 
-def test_data_root_from_env(monkeypatch, tmp_path):
+def test_data_root_from_argument_then_env(monkeypatch, tmp_path):
     monkeypatch.setenv("GRADPROBE_DATA", str(tmp_path))
     assert data_root() == tmp_path
+    assert data_root(tmp_path / "other") == tmp_path / "other"  # the caller's root wins
     monkeypatch.delenv("GRADPROBE_DATA")
-    assert data_root().parts[-2:] == ("shared", "data")
+    assert data_root() is None  # no layout is guessed from where the package lies
+
+
+def test_example_images_without_any_root_are_digits(monkeypatch):
+    monkeypatch.delenv("GRADPROBE_DATA", raising=False)
+    assert example_images(2).source == "digits"
 
 
 def test_example_images_fall_back_on_digits(tmp_path):
@@ -47,9 +56,13 @@ def test_example_images_fall_back_on_digits(tmp_path):
     assert torch.equal(batch.images, example_images(3, root=tmp_path, seed=1).images)
 
 
-def test_example_images_cifar_when_present():
-    if not (data_root() / "cifar10-jpeg" / "test").is_dir():
+def test_example_images_cifar_when_present(monkeypatch):
+    if not (SHARED_DATA / "cifar10-jpeg" / "test").is_dir():
         pytest.skip("the shared CIFAR-10 JPEG folder is not present")
+    batch = example_images(2, root=SHARED_DATA)
+    assert batch.source == "cifar10-jpeg/test" and len(batch.classes) == 10
+    assert batch.images.shape == (2, 3, 32, 32) and batch.images.std() > 0
+    monkeypatch.setenv("GRADPROBE_DATA", str(SHARED_DATA))  # as the harness's paths.data
     batch = example_images(2)
     assert batch.source == "cifar10-jpeg/test" and len(batch.classes) == 10
     assert batch.images.shape == (2, 3, 32, 32) and batch.images.std() > 0
