@@ -107,12 +107,6 @@ def check_config(cfg: DictConfig) -> int:
     exact = cfg.trainer.get("exact", False)
     if not isinstance(exact, bool):
         raise ConfigError(f"trainer.exact must be true or false, got {exact!r}")
-    if cfg.neuron.kernel == "loop" and cfg.trainer.mode != "reference":
-        # trainer.mode picks the LIF kernel of a harness run; fast mode would replace the loop
-        raise ConfigError(
-            f"neuron.kernel=loop needs trainer.mode=reference, got {cfg.trainer.mode!r}; "
-            "choices: neuron.kernel=auto, trainer.mode=reference"
-        )
     _choice("trainer.progress", cfg.trainer.progress, PROGRESS)
     _positive("model.T", cfg.model.T, allow_none=True)
     _positive("trainer.batch_size", cfg.trainer.batch_size)
