@@ -27,8 +27,6 @@ from ablations.step import TrainStep
 from gradprobe import fast
 from gradprobe.models import create_model
 
-#: Autocast dtype of each ``trainer.amp`` value but ``auto`` (`precision` resolves it per device).
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 #: Optimisers with a fused CPU kernel (one pass over each tensor instead of ~10 ops per tensor).
 FUSED_CPU_OPTIMIZERS = ("torch.optim.Adam", "torch.optim.AdamW")
 
@@ -55,7 +53,7 @@ def precision(amp: str, device: torch.device) -> Precision:
         Precision(name='fp32', dtype=None)
     """
     name = ("bf16" if device.type == "cuda" else "fp32") if amp == "auto" else amp
-    return Precision(name, AMP_DTYPES[name])
+    return Precision(name, fast.AMP_DTYPES[name])
 
 
 class TimestepOutputs(nn.Module):
@@ -107,11 +105,17 @@ def build_model(cfg: DictConfig, device: torch.device) -> tuple[nn.Module, fast.
     (`gradprobe.fast.configure`). The plan's autocast dtype is `precision`'s.
     """
     tcfg = cfg.trainer
+    if tcfg.get("retain_memory", False) and device.type == "cpu":
+        fast.allocator.retain_freed_memory()  # asked for by name: process-wide, for good
     backbone = create_model(cfg.model.name, **model_kwargs(cfg))
     plan = fast.configure(
-        backbone, mode=str(tcfg.mode), device=device, exact=bool(tcfg.get("exact", False))
+        backbone,
+        mode=str(tcfg.mode),
+        device=device,
+        exact=bool(tcfg.get("exact", False)),
+        precision=precision(str(tcfg.amp), device).name,
     )
-    return backbone, dataclasses.replace(plan, amp_dtype=precision(str(tcfg.amp), device).dtype)
+    return backbone, plan
 
 
 def instantiate_target(node: DictConfig, **kwargs: object) -> object:

@@ -111,12 +111,6 @@ def check_config(cfg: DictConfig) -> int:
     _choice("trainer.cuda_graph", cfg.trainer.get("cuda_graph", "auto"), CUDA_GRAPH)
     _flag("trainer.exact", cfg.trainer.get("exact", False))
     _flag("trainer.retain_memory", cfg.trainer.get("retain_memory", False))
-    if cfg.neuron.kernel == "loop" and cfg.trainer.mode != "reference":
-        # trainer.mode picks the LIF kernel of a harness run; fast mode would replace the loop
-        raise ConfigError(
-            f"neuron.kernel=loop needs trainer.mode=reference, got {cfg.trainer.mode!r}; "
-            "choices: neuron.kernel=auto, trainer.mode=reference"
-        )
     _choice("trainer.progress", cfg.trainer.progress, PROGRESS)
     _positive("model.T", cfg.model.T, allow_none=True)
     _positive("trainer.batch_size", cfg.trainer.batch_size)

@@ -38,6 +38,7 @@ from ablations.loop import NonFiniteLossError, total_epochs, train_epochs
 from ablations.rundir import RunRecord
 from ablations.state import resume, seed_everything
 from gradprobe.data import DataNotFoundError
+from gradprobe.labels import variant_label
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ def store_identity(cfg: DictConfig, T: int | None) -> dict:
         "model": shown,
         "family": name.split("_")[0],
         "downsample": str(cfg.downsample.name),
+        "downsample_label": variant_label(str(cfg.downsample.name)),
         "dataset": str(cfg.dataset.name),
         "seed": int(cfg.seed),
         "T": T if T is not None else cfg.model.T,

@@ -16,7 +16,7 @@ a torn one. The document (schema ``gradprobe.run/1``)::
       "error": str | null,       # one line, for failed runs
       "invocation": str | null,  # the command that last wrote it (`ablations.callbacks`)
       "experiment": str | null,
-      "model": str, "family": str, "downsample": str, "dataset": str,
+      "model": str, "family": str, "downsample": str, "downsample_label": str, "dataset": str,
       "seed": int, "T": int, "loss": str, "epochs_planned": int,
       "params": int,
       "run_dir": str,            # relative to the sweep dir

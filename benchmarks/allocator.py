@@ -1,4 +1,4 @@
-"""What retaining freed memory (`gradprobe.allocator`) saves per fast-mode CPU train step.
+"""What retaining freed memory (`gradprobe.fast.allocator`) saves per fast-mode CPU train step.
 
 Usage (from the repository root):
     python -m benchmarks.allocator                                   # Spikformer-4-384, both tokenizers
@@ -7,7 +7,7 @@ Usage (from the repository root):
 Two worker processes run the same model in fast mode on the same batch (same seed, same
 weights), as the harness runs it, except that one keeps glibc's defaults (large freed blocks are
 unmapped, and the next step's tensors fault their pages in again) and the other calls
-`gradprobe.allocator.retain_freed_memory` (``trainer`` fast mode on CPU does). After warm-up
+`gradprobe.fast.allocator.retain_freed_memory` (an explicit opt-in). After warm-up
 steps in each, the parent asks for one step at a time, alternating A-B, B-A, ... so that load
 from outside falls on both alike, and each worker reports the step's seconds and minor page
 faults (``getrusage``). Printed: medians, the median of the per-round ratios (default /
@@ -26,7 +26,8 @@ import torch
 from spikingjelly.activation_based import functional
 
 from benchmarks.throughput import Worker
-from gradprobe import allocator, fast
+from gradprobe import fast
+from gradprobe.fast import allocator
 from gradprobe.models import create_model
 
 SETTINGS = ("default", "retained")
@@ -40,7 +41,9 @@ def _serve(conn, name: str, downsample: str, setting: str, args: argparse.Namesp
             torch.set_num_threads(args.threads)
         torch.manual_seed(args.seed)
         model = create_model(name, downsample=downsample, T=args.T, num_classes=10)
-        plan = fast.configure(model, "fast", device="cpu", retain_memory=setting == "retained")
+        if setting == "retained":
+            allocator.retain_freed_memory()
+        plan = fast.configure(model, "fast", device="cpu")
         assert plan.retained_memory == (setting == "retained")
         # the harness's optimiser in fast mode (`ablations.build.fused_optimizer`)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=plan.fused_optimizer)

@@ -5,15 +5,16 @@ Usage (from the repository root):
 
 Token matmuls (``[T·B·N, C] x [C, C']`` at B=16, T=4, N=64): MKL's sgemm (``F.linear``, what
 reference mode and the official code run) against oneDNN's 1x1 convolution on the same memory
-(`gradprobe.fast._TokenLinear`'s backward), and oneDNN in bfloat16; each line also says whether
-oneDNN's float32 result equals MKL's bit for bit (the forward must keep MKL's rounding). Stem
-convolutions (3x3, forward + backward): float32 against bfloat16 operands (`gradprobe.fast._Conv`'s
-backward). Sparse token matmuls: `gradprobe.sparse_linear`'s kernel against MKL by fraction of
-nonzero inputs, and whether its result is MKL's bit for bit; its weight gradient against the
-bfloat16 matmul of the fast backward.
+(`gradprobe.fast.autograd.TokenLinear`'s backward), and oneDNN in bfloat16; each line also says
+whether oneDNN's float32 result equals MKL's bit for bit (the forward must keep MKL's rounding).
+Stem convolutions (3x3, forward + backward): float32 against bfloat16 operands
+(`gradprobe.fast.autograd.BF16GradConv`'s backward). Sparse token matmuls:
+`gradprobe.fast.sparse_linear`'s kernel against MKL by fraction of nonzero inputs, and whether
+its result is MKL's bit for bit; its weight gradient against the bfloat16 matmul of the fast
+backward.
 Token BatchNorms: on the references' transposed view against contiguous rows
 (`gradprobe.fast.FastPointwiseBN` unless ``exact``). The downsampling sites' max-pools, on
-real-valued maps (CML) and on spikes: ATen's NCHW kernel against `gradprobe.cl_pool`'s
+real-valued maps (CML) and on spikes: ATen's NCHW kernel against `gradprobe.fast.cl_pool`'s
 channels-last route.
 Each line prints the ratios measured side by side in this run.
 """
@@ -69,9 +70,9 @@ def conv_backward(g: torch.Tensor, x: torch.Tensor, w: torch.Tensor, dtype: torc
 
 
 def sparse_token_matmuls(repeats: int) -> None:
-    """`gradprobe.sparse_linear` against MKL's sgemm on spike and residual-stream tokens, by
+    """`gradprobe.fast.sparse_linear` against MKL's sgemm on spike and residual-stream tokens, by
     fraction of nonzero inputs, with bias (every token Linear has one)."""
-    from gradprobe import sparse_linear
+    from gradprobe.fast import sparse_linear
 
     if not sparse_linear.available():
         print("sparse token matmul: no C++ toolchain, skipped")
@@ -101,10 +102,10 @@ def sparse_token_matmuls(repeats: int) -> None:
 
 
 def sparse_weight_grads(repeats: int) -> None:
-    """`gradprobe.sparse_linear.weight_grad` against the bfloat16 matmul it replaces in
-    `gradprobe.fast._TokenLinear`'s backward (operand casts included), by fraction of nonzero
-    inputs; with each one's error against a float64 product."""
-    from gradprobe import sparse_linear
+    """`gradprobe.fast.sparse_linear.weight_grad` against the bfloat16 matmul it replaces in
+    `gradprobe.fast.autograd.TokenLinear`'s backward (operand casts included), by fraction of
+    nonzero inputs; with each one's error against a float64 product."""
+    from gradprobe.fast import sparse_linear
 
     if not sparse_linear.available():
         return
@@ -184,7 +185,7 @@ def pool_step(pool, x: torch.Tensor, g: torch.Tensor) -> None:
 def max_pools(repeats: int) -> None:
     """Last, as it has glibc keep freed memory from here on (as fast mode does; both kernels
     timed alike), so that fresh 50 MB maps do not fault their pages in on every call."""
-    from gradprobe import allocator, cl_pool
+    from gradprobe.fast import allocator, cl_pool
 
     if not cl_pool.available():
         print("max-pool: the channels-last route needs TorchInductor (a C++ compiler); skipped")

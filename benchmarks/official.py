@@ -158,7 +158,7 @@ def _same_weights(
     ours = create_model(model, downsample=variant, T=T, num_classes=10)
     images = torch.rand(batch_size, 3, 32, 32)
     labels = torch.randint(0, 10, (batch_size,))
-    fast.configure(ours, "reference", device="cpu", retain_memory=False)
+    fast.configure(ours, "reference", device="cpu")
     theirs = factory(T=T, **CIFAR_CONFIG)
     load_weights(theirs, ours)
     return ours, theirs, images, labels

@@ -9,7 +9,7 @@ since it cannot be installed beside spikingjelly 2.0 under the same package name
 The official Spikformer and Spikingformer code runs ``clock_driven.neuron.MultiStepLIFNode`` of
 spikingjelly 0.0.0.0.12; off CUDA (``backend='torch'``, spec section 1) it steps through T in
 Python. Reference mode (`gradprobe.fast.configure(model, "reference")`) runs
-`gradprobe.neuron.LoopLIFNode` instead, written to cost what that node costs. This script checks
+`gradprobe.fast.LoopLIFNode` instead, written to cost what that node costs. This script checks
 it on every LIF of a model: it records the LIFs' input shapes and thresholds in one
 reference-mode forward, then times forward + backward of both nodes on each shape, interleaved
 (A-B, B-A, ...), checks that their spikes and input gradients agree, and sums the medians over
@@ -37,8 +37,9 @@ import torch
 from torch import nn
 
 from gradprobe import fast
+from gradprobe.fast import LoopLIFNode
 from gradprobe.models import create_model
-from gradprobe.neuron import LoopLIFNode, NeuronConfig, make_neuron
+from gradprobe.neuron import make_neuron
 
 LEGACY_NAME = "spikingjelly_legacy"
 DOWNLOAD = (
@@ -87,7 +88,9 @@ def lif_inputs(name: str, downsample: str, batch_size: int, T: int) -> Counter:
 
 
 def ours(v_threshold: float) -> nn.Module:
-    return make_neuron(NeuronConfig(kernel="loop"), v_threshold=v_threshold)
+    lif = make_neuron(v_threshold=v_threshold)
+    fast.set_lif_kernel(lif, "loop")  # reference mode's LIF
+    return lif
 
 
 def official_factory(neuron_module: ModuleType) -> Callable[[float], nn.Module]:

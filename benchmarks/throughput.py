@@ -89,8 +89,9 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 from benchmarks import official
-from gradprobe import allocator, fast, sparse_linear
+from gradprobe import fast
 from gradprobe.downsample import list_downsamples
+from gradprobe.fast import allocator, sparse_linear
 from gradprobe.models import create_model, list_models
 
 MODES = ("reference", "fast")
@@ -152,9 +153,9 @@ class Bench:
         self.mode = None
 
     def _configure(self, mode: str) -> fast.StepPlan:
-        return fast.configure(
-            self.model, mode, device=self.device, exact=self.exact, retain_memory=self.retain_memory
-        )
+        if self.retain_memory and self.device.type == "cpu":
+            allocator.retain_freed_memory()  # opt-in, process-wide: before the first step
+        return fast.configure(self.model, mode, device=self.device, exact=self.exact)
 
     def use(self, mode: str) -> fast.StepPlan:
         if mode != self.mode:

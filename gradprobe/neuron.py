@@ -1,9 +1,9 @@
 """Spiking neurons with the reference defaults, built on spikingjelly 2.0's ``activation_based``.
 
 spikingjelly 2.0 picks the LIF kernel by device (a vectorised CPU path, CUDA or Triton when
-importable), so nothing here asks for CuPy. ``kernel="loop"`` selects the per-timestep Python
-loop that the reference implementations run on CPU; it computes the same numbers and exists for
-honest speed comparisons (``benchmarks/``) and for debugging.
+importable), so nothing here asks for CuPy. How a step computes the same neurons faster, or
+exactly as the reference implementations' per-timestep loop does, is not a neuron setting: a
+harness chooses it with its step mode (``trainer.mode``), which swaps the kernel in from outside.
 """
 
 from __future__ import annotations
@@ -11,12 +11,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
-import torch
 from spikingjelly.activation_based import neuron, surrogate
 from torch import nn
 
 SURROGATES = {"sigmoid": surrogate.Sigmoid, "atan": surrogate.ATan}
-KERNELS = ("auto", "loop")
 KINDS = ("lif", "plif")
 
 
@@ -36,7 +34,6 @@ class NeuronConfig:
         decay_input: Decay the input as well as the membrane, eq. (3).
         surrogate: Surrogate-gradient name: one of ``SURROGATES``.
         alpha: Surrogate sharpness.
-        kernel: ``"auto"`` (spikingjelly's device-dispatched multi-step kernel) or ``"loop"``.
     """
 
     kind: Literal["lif", "plif"] = "lif"
@@ -47,12 +44,10 @@ class NeuronConfig:
     decay_input: bool = True
     surrogate: str = "sigmoid"
     alpha: float = 4.0
-    kernel: Literal["auto", "loop"] = "auto"
 
     def __post_init__(self) -> None:
         _check_choice("neuron kind", self.kind, KINDS)
         _check_choice("surrogate", self.surrogate, tuple(SURROGATES))
-        _check_choice("neuron kernel", self.kernel, KERNELS)
         if not float(self.tau) > 1.0:
             raise ValueError(f"tau must be > 1, got {self.tau!r}")
 
@@ -67,24 +62,6 @@ class NeuronConfig:
 def _check_choice(what: str, value: object, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"unknown {what} {value!r}; choices: {', '.join(choices)}")
-
-
-class LoopLIFNode(neuron.LIFNode):
-    """LIF that steps through T in Python, as the reference code does on CPU (same maths).
-
-    Like spikingjelly 0.0.0.0.12's ``MultiStepLIFNode`` with its ``'torch'`` backend, which is
-    what the official code runs off CUDA, it concatenates each step's spikes and also each
-    step's membrane potential, kept as ``v_seq`` until ``reset_net`` clears it: the references
-    pay for that copy, and for its memory, in every step.
-    """
-
-    def multi_step_forward(self, x_seq: torch.Tensor) -> torch.Tensor:
-        spikes, potentials = [], []
-        for x in x_seq:
-            spikes.append(self.single_step_forward(x).unsqueeze(0))
-            potentials.append(self.v.unsqueeze(0))
-        self.v_seq = torch.cat(potentials, 0)
-        return torch.cat(spikes, 0)
 
 
 def make_neuron(cfg: NeuronConfig | None = None, **overrides: object) -> nn.Module:
@@ -114,8 +91,7 @@ def make_neuron(cfg: NeuronConfig | None = None, **overrides: object) -> nn.Modu
     )
     if cfg.kind == "plif":
         return neuron.ParametricLIFNode(init_tau=float(cfg.tau), **common)
-    node_cls = LoopLIFNode if cfg.kernel == "loop" else neuron.LIFNode
-    return node_cls(tau=float(cfg.tau), **common)
+    return neuron.LIFNode(tau=float(cfg.tau), **common)
 
 
 def is_spiking_neuron(module: nn.Module) -> bool:

@@ -33,7 +33,7 @@ def zeros_made() -> type[ZerosMade]:
 
 @pytest.fixture
 def broken_kernels(monkeypatch: pytest.MonkeyPatch):
-    """``broken_kernels(module)`` gives ``module._KERNELS`` (a `gradprobe.kernels.KernelSet`)
+    """``broken_kernels(module)`` gives ``module._KERNELS`` (a `gradprobe.fast.kernels.KernelSet`)
     a copy whose every compiled kernel raises, as a broken toolchain would; returns the copy."""
 
     def broken(*args, **kwargs):

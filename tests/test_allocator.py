@@ -1,4 +1,5 @@
-"""`gradprobe.allocator`: glibc keeps freed memory, so large tensors stop faulting their pages in.
+"""`gradprobe.fast.allocator`: glibc keeps freed memory, so large tensors stop faulting their
+pages in, where a process asks for it (never as a side effect of `gradprobe.fast.configure`).
 
 The setting is process-wide and cannot be undone, so every check runs in a fresh interpreter.
 """
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from gradprobe import allocator
+from gradprobe.fast import allocator
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,7 +29,7 @@ def _python(code: str) -> dict:
 
 FAULTS = """
 import json, resource, torch
-from gradprobe import allocator
+from gradprobe.fast import allocator
 
 def step():  # tensors of 64, 32 and 16 MiB, above glibc's largest mmap threshold of 32 MiB
     a, b = torch.ones(16 * 2**20), torch.ones(8 * 2**20)
@@ -60,33 +61,40 @@ def test_retained_memory_is_reused_without_page_faults() -> None:
 
 MODES = """
 import json, torch
-from gradprobe import allocator, fast
+from gradprobe import fast
+from gradprobe.fast import allocator
 from gradprobe.models import create_model
 
 model = create_model("sps_tokenizer_cifar", T=2)
 plans = {}
 plans["reference"] = fast.configure(model, "reference", device="cpu").retained_memory
-plans["fast_off"] = fast.configure(model, "fast", device="cpu", retain_memory=False,
-                                   compile_kernels=False).retained_memory
-plans["before"] = allocator.is_retained()
 plans["fast"] = fast.configure(model, "fast", device="cpu", compile_kernels=False).retained_memory
+plans["before"] = allocator.is_retained()
+plans["asked"] = allocator.retain_freed_memory()
+plans["fast_after"] = fast.configure(model, "fast", device="cpu",
+                                     compile_kernels=False).retained_memory
+plans["reference_after"] = fast.configure(model, "reference", device="cpu").retained_memory
 print(json.dumps(plans))
 """
 
 
-def test_fast_mode_on_cpu_retains_and_reference_mode_does_not() -> None:
+def test_only_an_explicit_call_retains_and_plans_report_it() -> None:
+    """`configure` never tunes the allocator, in either mode; after an explicit
+    `retain_freed_memory` every plan of the process says so."""
     assert _python(MODES) == {
         "reference": False,
-        "fast_off": False,
+        "fast": False,
         "before": False,
-        "fast": True,
+        "asked": True,
+        "fast_after": True,
+        "reference_after": True,
     }
 
 
 BENCH = """
 import argparse, json
 from benchmarks.throughput import Bench
-from gradprobe import allocator
+from gradprobe.fast import allocator
 
 args = argparse.Namespace(seed=0, T=2, batch_size=2, device="cpu", exact=False,
                           cuda_graph="off", memory="none")
@@ -98,11 +106,3 @@ print(json.dumps({{"retained": allocator.is_retained()}}))
 @pytest.mark.parametrize(("serving", "retained"), [("reference", False), ("fast", True)])
 def test_benchmark_workers_retain_memory_only_for_fast_mode(serving: str, retained: bool) -> None:
     assert _python(BENCH.format(serving=serving)) == {"retained": retained}
-
-
-def test_retain_memory_rejects_unknown_values() -> None:
-    from gradprobe import fast
-    from gradprobe.models import create_model
-
-    with pytest.raises(ValueError, match=r"unknown retain_memory 'yes'; choices: auto"):
-        fast.configure(create_model("sps_tokenizer_cifar", T=2), "fast", retain_memory="yes")

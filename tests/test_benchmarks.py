@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from benchmarks import throughput
-from gradprobe import allocator
+from gradprobe.fast import allocator
 
 
 @pytest.mark.parametrize("isolate", ["on", "off"])

@@ -1,11 +1,12 @@
-"""`gradprobe.cl_pool`: max-pooling through channels-last memory, bit for bit the plain call."""
+"""`gradprobe.fast.cl_pool`: max-pooling through channels-last memory, bit for bit the plain call."""
 
 import pytest
 import torch
 from spikingjelly.activation_based import functional, layer
 
-from gradprobe import cl_pool, fast
-from gradprobe.kernels import KernelSet, compiler_available
+from gradprobe import fast
+from gradprobe.fast import cl_pool
+from gradprobe.fast.kernels import KernelSet, compiler_available
 from gradprobe.models import create_model
 
 needs_compiler = pytest.mark.skipif(not compiler_available(), reason="needs a C++ compiler")
@@ -99,7 +100,7 @@ def test_a_failed_build_warns_and_falls_back(
     """A TorchInductor failure warns once, still returns this call's values and leaves the
     set unavailable, so that every later pool takes the plain call."""
     kernels = broken_kernels(cl_pool)
-    monkeypatch.setattr("gradprobe.kernels.compiler_available", lambda: True)
+    monkeypatch.setattr("gradprobe.fast.kernels.compiler_available", lambda: True)
     x = maps("real", (2, 8, 6, 6))
     with pytest.warns(UserWarning, match="channels-last max-pool: TorchInductor build failed"):
         y = cl_pool.max_pool2d(x, 3, 2, 1)
@@ -108,7 +109,7 @@ def test_a_failed_build_warns_and_falls_back(
 
 
 def test_kernel_set_runs_eager_without_a_compiler(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("gradprobe.kernels.compiler_available", lambda: False)
+    monkeypatch.setattr("gradprobe.fast.kernels.compiler_available", lambda: False)
     kernels = KernelSet("demo", "eager", {"double": lambda x: x * 2})
     assert not kernels.available()
     assert torch.equal(kernels("double", torch.ones(3)), torch.full((3,), 2.0))

@@ -1,35 +1,35 @@
-"""The fast path computes what reference mode computes.
+"""`gradprobe.fast.configure`: the fast path computes what reference mode computes.
 
 ``exact=True``: same spikes, same loss, gradients to float32 rounding. The default fast path:
-loss within 1e-3 relative, spikes agreeing but for rounding flips, gradients to bfloat16 rounding.
+the same spikes and loss (its bfloat16 gradient operands change only the backward), gradients to
+bfloat16 rounding. Also the plan's precision, the CPU layers (`gradprobe.fast.layers`,
+`gradprobe.fast.autograd`), the token stream (`gradprobe.fast.token_stream`) and
+`gradprobe.fast.CUDAGraphStep`.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 import torch
 import torch.nn.functional as F
 from spikingjelly.activation_based import functional, neuron
 
-from gradprobe import cl_pool, fast, sparse_linear
+from gradprobe import fast
 from gradprobe.downsample import list_downsamples
-from gradprobe.fused_lif import FusedLIFNode
-from gradprobe.kernels import compiler_available
+from gradprobe.fast import FusedLIFNode, LoopLIFNode, cl_pool, sparse_linear
+from gradprobe.fast import plan as plan_module
+from gradprobe.fast.autograd import BF16GradConv, TokenLinear
+from gradprobe.fast.swap import plain_class, swap_class
+from gradprobe.fast.token_stream import TokenStream, TokenStreamSelfAttention
 from gradprobe.models import create_model, list_models
-from gradprobe.models.layers import SpikingTransformer
-from gradprobe.neuron import LoopLIFNode, NeuronConfig, is_spiking_neuron, make_neuron
+from gradprobe.models.layers import SpikingSelfAttention, SpikingTransformer
+from gradprobe.neuron import is_spiking_neuron
 from gradprobe.probe import attach_probe
 
 VARIANTS = list_downsamples()
 CIFAR_MODELS = list_models("*_cifar")
-NEURONS = [
-    {},
-    {"v_threshold": 0.5},
-    {"tau": 1.5},
-    {"tau": 1.75, "v_reset": None},
-    {"decay_input": False},
-    {"surrogate": "atan", "alpha": 2.0},
-]
 
 
 def tiny(name: str, variant: str, T: int = 2) -> torch.nn.Module:
@@ -82,100 +82,6 @@ def assert_grads_close(ref: dict, got: dict) -> None:
         torch.testing.assert_close(got[name], g, rtol=1e-3, atol=1e-5 * scale, msg=name)
 
 
-@pytest.mark.parametrize("bf16_margin", [False, True])
-@pytest.mark.parametrize("compiled", [False, True])
-@pytest.mark.parametrize("kwargs", NEURONS, ids=lambda k: ",".join(map(str, k.items())) or "ref")
-def test_fused_lif_matches_loop(kwargs: dict, compiled: bool, bf16_margin: bool) -> None:
-    if compiled and not compiler_available():
-        pytest.skip("no C++ compiler for TorchInductor")
-    cfg = NeuronConfig(**kwargs)
-    loop, fused = make_neuron(cfg.replace(kernel="loop")), make_neuron(cfg)
-    fused.__class__, fused.compiled, fused.bf16_margin = FusedLIFNode, compiled, bf16_margin
-    gen = torch.Generator().manual_seed(0)
-    # many values near the threshold, so that any change of rounding would flip spikes
-    x = torch.randn(4, 16, 64, 33, generator=gen) * 2 + 0.5
-    x_loop, x_fused = x.clone().requires_grad_(), x.clone().requires_grad_()
-    out_grad = torch.randn(x.shape, generator=gen)
-    s_loop, s_fused = loop(x_loop), fused(x_fused)
-    (s_loop * out_grad).sum().backward()
-    (s_fused * out_grad).sum().backward()
-    assert torch.equal(s_loop, s_fused)
-    assert torch.equal(loop.v, fused.v)
-    if not bf16_margin:
-        torch.testing.assert_close(x_fused.grad, x_loop.grad, rtol=1e-5, atol=1e-6)
-        return
-    # z = H - V_th rounded to bfloat16 (relative 2**-9) moves each surrogate value by at most
-    # alpha * |z| * 2**-9 relative, and the surrogate is negligible beyond alpha * |z| = 4
-    error = (x_fused.grad - x_loop.grad).norm() / x_loop.grad.norm()
-    assert 0 < error < 4 * 2**-9
-
-
-def test_fused_lif_keeps_channels_last_layout() -> None:
-    lif = FusedLIFNode(tau=2.0, detach_reset=True, step_mode="m")
-    x = torch.randn(3, 2, 5, 4, 4).permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
-    out = lif(x * 3)
-    assert out.stride() == x.stride()
-    functional.reset_net(lif)
-    assert torch.equal(out, lif(x.contiguous() * 3))
-
-
-def test_fused_lif_carries_state_across_calls() -> None:
-    loop = make_neuron(NeuronConfig(kernel="loop"))
-    fused = make_neuron(NeuronConfig())
-    fused.__class__ = FusedLIFNode
-    x = torch.rand(2, 3, 7) * 2
-    for _ in range(3):  # no reset: v carries over between calls
-        assert torch.equal(loop(x), fused(x))
-
-
-def test_fused_lif_failed_build_warns_and_runs_eager(
-    monkeypatch: pytest.MonkeyPatch, broken_kernels
-) -> None:
-    """A TorchInductor failure warns once, this call's spikes and gradients are still the
-    loop's, and later calls (backward included) run the eager kernels."""
-    from gradprobe import fused_lif
-
-    kernels = broken_kernels(fused_lif)
-    monkeypatch.setattr("gradprobe.kernels.compiler_available", lambda: True)
-    fused = make_neuron(NeuronConfig())
-    fused.__class__ = FusedLIFNode
-    fused.compiled = True
-    loop = make_neuron(NeuronConfig(kernel="loop"))
-    x = (torch.rand(4, 3, 5) * 2).requires_grad_()
-    with pytest.warns(UserWarning, match="fused LIF: TorchInductor build failed"):
-        out = fused(x)
-    assert kernels.broken and not kernels.available()
-    out.sum().backward()
-    ref_x = x.detach().requires_grad_()
-    ref = loop(ref_x)
-    ref.sum().backward()
-    assert torch.equal(out, ref)
-    torch.testing.assert_close(x.grad, ref_x.grad)
-
-
-def test_fused_lif_backward_builds_no_zero_state_gradient(zeros_made) -> None:
-    """The last V of a call is usually unused: autograd must not materialise a zero gradient
-    for it (a [N] float32 tensor per call), and the gradients must still equal the loop's,
-    also when the state does carry a gradient into a later call."""
-    x = (torch.rand(4, 5, 6) * 2).requires_grad_()
-    fused = make_neuron(NeuronConfig())
-    fused.__class__ = FusedLIFNode
-    out = fused(x)
-    with zeros_made() as seen:
-        out.sum().backward()
-    # (the eager kernel's own zero carry is a zeros_like; autograd's would be an aten.zeros)
-    assert not [made for made in seen.made if made[0] == "zeros"]
-    loop = make_neuron(NeuronConfig(kernel="loop"))
-    for neuron_ in (fused, loop):  # two calls: the second one's loss reaches the first's V
-        neuron_.reset()
-    grads = []
-    for neuron_ in (fused, loop):
-        xs = x.detach().requires_grad_()
-        (neuron_(xs).sum() + neuron_(xs * 0.5).sum()).backward()
-        grads.append(xs.grad)
-    torch.testing.assert_close(grads[0], grads[1])
-
-
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("name", CIFAR_MODELS)
 def test_fast_equals_reference_mode(name: str, variant: str) -> None:
@@ -219,15 +125,15 @@ def test_default_fast_path_agrees_with_reference_mode(
 ) -> None:
     """The default (``exact=False``) fast path, with bfloat16 gradient operands forced on so
     that it runs on any CPU (oneDNN emulates bfloat16 where the CPU lacks it)."""
-    monkeypatch.setattr(fast, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr("gradprobe.fast.plan.cpu_has_native_bf16", lambda: True)
     model = tiny(name, variant)
     x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     y = torch.arange(4) % 10
     fast.configure(model, "reference", device="cpu")
     loss_ref, spikes_ref, grads_ref = step(model, x, y)
-    plan = fast.configure(model, "fast", device="cpu", compile_kernels=False)
+    fast_plan = fast.configure(model, "fast", device="cpu", compile_kernels=False)
     loss_fast, spikes_fast, grads_fast = step(model, x, y)
-    assert not plan.exact and plan.grad_precision == "bf16"
+    assert not fast_plan.exact and fast_plan.grad_precision == "bf16"
     assert any(isinstance(m, (fast.FastConv1d, fast.FastConv2d)) for m in model.modules())
     # bfloat16 operands change only the backward: the forward is reference mode's bit for bit
     assert loss_fast == loss_ref
@@ -259,13 +165,13 @@ def test_full_size_fast_path_agrees_with_reference_mode(variant: str) -> None:
     y = torch.arange(8) % 10
     fast.configure(model, "reference", device="cpu")
     loss_ref, spikes_ref, _ = step(model, x, y)
-    plan = fast.configure(model, "fast", device="cpu")
+    fast_plan = fast.configure(model, "fast", device="cpu")
     before = sparse_linear.stats.copy()
     loss_fast, spikes_fast, _ = step(model, x, y)
-    if plan.lif_kernel == "fused-inductor":  # the rows BatchNorm ran (it needs the compiler)
+    if fast_plan.lif_kernel == "fused-inductor":  # the rows BatchNorm ran (it needs the compiler)
         assert all(m.compiled for m in model.modules() if isinstance(m, fast.FastPointwiseBN))
-        assert plan.sparse_token_matmul is sparse_linear.available()
-    if plan.sparse_token_matmul and AVX512:  # MKL's order is reproduced there: zeros skipped
+        assert fast_plan.sparse_token_matmul is sparse_linear.available()
+    if fast_plan.sparse_token_matmul and AVX512:  # MKL's order is reproduced there: zeros skipped
         assert (sparse_linear.stats - before)["sparse"] > 0
     assert loss_fast == loss_ref
     assert all(map(same_spikes, spikes_ref, spikes_fast))
@@ -283,11 +189,11 @@ def test_full_size_exact_fast_path_agrees_with_reference_mode() -> None:
     y = torch.arange(4) % 10
     fast.configure(model, "reference", device="cpu")
     loss_ref, spikes_ref, grads_ref = step(model, x, y)
-    plan = fast.configure(model, "fast", device="cpu", exact=True)
+    fast_plan = fast.configure(model, "fast", device="cpu", exact=True)
     before = sparse_linear.stats.copy()
     loss_fast, spikes_fast, grads_fast = step(model, x, y)
     calls = sparse_linear.stats - before
-    assert not plan.sparse_token_matmul and calls["sparse"] == calls["grad_sparse"] == 0
+    assert not fast_plan.sparse_token_matmul and calls["sparse"] == calls["grad_sparse"] == 0
     assert loss_fast == loss_ref
     assert all(map(same_spikes, spikes_ref, spikes_fast))
     assert_grads_close(grads_ref, grads_fast)
@@ -295,14 +201,14 @@ def test_full_size_exact_fast_path_agrees_with_reference_mode() -> None:
 
 
 def test_bf16_gradient_operands(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`_Conv` and `_TokenLinear` with bfloat16 operands: the float32 forward bit for bit; the
+    """`BF16GradConv` and `TokenLinear` with bfloat16 operands: the float32 forward bit for bit; the
     gradients of float32 maths on the bfloat16-rounded operands, to bfloat16 rounding."""
     gen = torch.Generator().manual_seed(3)
     x = (torch.rand(6, 8, 10, 10, generator=gen) < 0.3).float()  # spikes: exact in bfloat16
     w = torch.randn(16, 8, 3, 3, generator=gen)
     g = torch.randn(6, 16, 5, 5, generator=gen)
     xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
-    y = fast._Conv.apply(xr, wr, None, [2, 2], [1, 1], [1, 1], 1)
+    y = BF16GradConv.apply(xr, wr, None, [2, 2], [1, 1], [1, 1], 1)
     assert torch.equal(y, F.conv2d(x, w, stride=2, padding=1))
     y.backward(g)
     rounded = [t.bfloat16().float().requires_grad_() for t in (x, w)]
@@ -318,7 +224,7 @@ def test_bf16_gradient_operands(monkeypatch: pytest.MonkeyPatch) -> None:
     weight, bias = torch.randn(20, 12, generator=gen), torch.randn(20, generator=gen)
     grad = torch.randn(4, 6, 20, generator=gen)
     leaves = [t.clone().requires_grad_() for t in (tokens, weight, bias)]
-    out = fast._TokenLinear.apply(*leaves, True)
+    out = TokenLinear.apply(*leaves, True)
     assert torch.equal(out, F.linear(tokens, weight, bias))
     out.backward(grad)
     want = [t.bfloat16().float().requires_grad_() for t in (tokens, weight)]
@@ -327,24 +233,6 @@ def test_bf16_gradient_operands(monkeypatch: pytest.MonkeyPatch) -> None:
         scale = ref.grad.abs().max().item()
         torch.testing.assert_close(ours.grad, ref.grad, rtol=2**-7, atol=2**-7 * scale)
     torch.testing.assert_close(leaves[2].grad, grad.sum((0, 1)))  # the bias: float32 sums
-
-
-def test_fused_lif_takes_bfloat16_input() -> None:
-    """CPU autocast feeds LIFs bfloat16: spikes as the loop's on the same values, state float32."""
-    x = torch.rand(4, 3, 50, generator=torch.Generator().manual_seed(4)) * 2
-    xb = x.bfloat16().requires_grad_()
-    x32 = xb.detach().float().requires_grad_()
-    fused = make_neuron(NeuronConfig())
-    fused.__class__ = FusedLIFNode
-    loop = make_neuron(NeuronConfig(kernel="loop"))
-    out_b, out_32 = fused(xb), loop(x32)
-    assert out_b.dtype == torch.bfloat16 and fused.v.dtype == torch.float32
-    assert torch.equal(out_b.float(), out_32)
-    grad = torch.randn(out_32.shape)
-    out_b.backward(grad.bfloat16())
-    out_32.backward(grad.bfloat16().float())
-    assert xb.grad.dtype == torch.bfloat16
-    torch.testing.assert_close(xb.grad.float(), x32.grad, rtol=2**-7, atol=1e-6)
 
 
 def test_fast_path_trains_under_cpu_autocast() -> None:
@@ -364,26 +252,47 @@ def test_fast_path_trains_under_cpu_autocast() -> None:
     assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
 
 
-def test_reference_layout_is_mirrored_for_cifar_transformers() -> None:
-    for name in ("spikformer_4_256_cifar", "spikingformer_4_256_cifar"):
-        assert fast.configure(tiny(name, "lif_maxpool"), "reference", device="cpu").reference_layout
-    resnet = tiny("spiking_resnet19_cifar", "lif_maxpool")
-    assert not fast.configure(resnet, "reference", device="cpu").reference_layout
-
-
 def test_configure_round_trip_restores_the_model() -> None:
     model = tiny("spikformer_4_256_cifar", "maxpool_lif")
     state = {k: v.clone() for k, v in model.state_dict().items()}
     n_params = sum(p.numel() for p in model.parameters())
+    own = [type(m) for m in model.modules()]
     fast.configure(model, "reference", device="cpu")
     assert all(type(m) is LoopLIFNode for m in model.modules() if isinstance(m, neuron.LIFNode))
     fast.configure(model, "fast", device="cpu")
     assert all(type(m) is FusedLIFNode for m in model.modules() if isinstance(m, neuron.LIFNode))
-    assert not any("forward" in m.__dict__ or "to_sequence" in m.__dict__ for m in model.modules())
+    assert not any(type(m).__name__.startswith("Reference") for m in model.modules())
+    assert [plain_class(type(m)) for m in model.modules()] == own
+    fast.configure(model, "reference", device="cpu")  # and back: nothing of fast mode is left
+    assert [plain_class(type(m)) for m in model.modules()] == own
+    fast_only = (FusedLIFNode, fast.FastPointwiseBN, fast.FastMaxPool2d, TokenStream)
+    assert not any(isinstance(m, (*fast_only, TokenStreamSelfAttention)) for m in model.modules())
     assert sum(p.numel() for p in model.parameters()) == n_params
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
     with pytest.raises(ValueError, match="unknown mode"):
         fast.configure(model, "turbo")
+
+
+def test_precision_is_the_one_owner_of_the_autocast_dtype() -> None:
+    """``precision="auto"`` keeps each mode's default (fast: bf16 on CUDA, reference: fp16 on
+    CUDA, the official ``--amp``; fp32 on CPU); an explicit value holds on any device."""
+    model = tiny("sps_tokenizer_cifar", "maxpool_lif")
+    for mode in fast.MODES:
+        assert fast.configure(model, mode, device="cpu").amp_dtype is None
+        for precision, dtype in fast.AMP_DTYPES.items():
+            assert fast.configure(model, mode, device="cpu", precision=precision).amp_dtype == dtype
+    cuda = torch.device("cuda")  # the defaults there, without a GPU
+    assert plan_module.autocast_dtype("fast", cuda) == torch.bfloat16
+    assert plan_module.autocast_dtype("reference", cuda) == torch.float16
+    assert plan_module.autocast_dtype("reference", cuda, "fp32") is None
+    plan = fast.configure(model, "fast", device="cpu", precision="bf16")
+    assert plan.autocast().fast_dtype == torch.bfloat16 and not plan.needs_grad_scaler
+    # the harness's own override still works
+    assert dataclasses.replace(plan, amp_dtype=torch.float16).needs_grad_scaler
+    with pytest.raises(
+        ValueError, match="unknown precision 'fp8'; choices: auto, fp32, bf16, fp16"
+    ):
+        fast.configure(model, "fast", device="cpu", precision="fp8")
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -407,10 +316,10 @@ def test_cuda_fast_and_reference_modes() -> None:
     model = tiny("spikformer_4_256_cifar", "maxpool_lif")
     x = torch.rand(4, 3, 32, 32, device="cuda")
     y = torch.arange(4, device="cuda") % 10
-    plan = fast.configure(model, "reference", amp=False)
+    plan = fast.configure(model, "reference", precision="fp32")
     assert plan.device.type == "cuda" and plan.amp_dtype is None
     loss_ref, spikes_ref, _ = step(model, x, y)
-    plan = fast.configure(model, "fast", amp=False)
+    plan = fast.configure(model, "fast", precision="fp32")
     assert plan.lif_kernel == "spikingjelly-cuda"
     # the CPU-only layers stay off on CUDA (and the plan says so)
     assert not plan.channels_last_pools
@@ -423,6 +332,8 @@ def test_cuda_fast_and_reference_modes() -> None:
     assert loss_fast == pytest.approx(loss_ref, rel=1e-2)
     plan = fast.configure(model, "fast")  # bf16 autocast: spikes may differ, loss must be sane
     assert plan.amp_dtype == torch.bfloat16
+    assert fast.configure(model, "reference").amp_dtype == torch.float16  # the official --amp
+    plan = fast.configure(model, "fast")
     functional.reset_net(model)
     with plan.autocast():
         loss = F.cross_entropy(model(x), y)
@@ -462,7 +373,8 @@ def test_cuda_graph_step_trains_as_eager_steps(amp: bool) -> None:
         pytest.skip("needs CUDA")
     eager = tiny("spikformer_4_256_cifar", "maxpool_lif")
     graphed = tiny("spikformer_4_256_cifar", "maxpool_lif")
-    plans = [fast.configure(m, "fast", amp=amp) for m in (eager, graphed)]
+    precision = "auto" if amp else "fp32"
+    plans = [fast.configure(m, "fast", precision=precision) for m in (eager, graphed)]
     # capturable in both, so that both run the same optimizer kernels
     opts = [torch.optim.AdamW(m.parameters(), lr=1e-3, capturable=True) for m in (eager, graphed)]
     batches = [(torch.rand(8, 3, 32, 32, device="cuda"), torch.arange(8, device="cuda") % 10)]
@@ -555,18 +467,26 @@ def test_token_stream_only_where_every_pointwise_layer_is_a_token_linear(name: s
     pointwise layers (Spikingformer)."""
     model = tiny(name, "lif_maxpool")
     transformers = [m for m in model.modules() if isinstance(m, SpikingTransformer)]
+    attention = [m for m in model.modules() if isinstance(m, SpikingSelfAttention)]
+
+    def streams() -> list[bool]:
+        return [type(m.blocks) is TokenStream for m in transformers]
+
     fast.configure(model, "fast", device="cpu", compile_kernels=False)
     expected = name.startswith("spikformer")
-    assert [m.token_stream for m in transformers] == [expected] * len(transformers)
+    assert streams() == [expected] * len(transformers)
+    assert [type(m) is TokenStreamSelfAttention for m in attention] == [expected] * len(attention)
     fast.configure(model, "fast", device="cpu", compile_kernels=False, exact=True)
-    assert not any(m.token_stream for m in transformers)
+    assert not any(streams())
+    assert not any(isinstance(m, TokenStreamSelfAttention) for m in attention)
     fast.configure(model, "reference", device="cpu")
-    assert not any(m.token_stream for m in transformers)
+    assert not any(streams())
 
 
 def test_token_stream_gradients_stay_in_token_order() -> None:
     """The head sends back a broadcast gradient; the stream hands it on in token memory order,
-    so that the residual adds and every LIF on the stream see the layout of their outputs."""
+    so that the residual adds and every LIF on the stream see the layout of their outputs (the
+    gradient of the last block's output, inside the `TokenStream`)."""
     model = tiny("spikformer_4_384_cifar", "lif_maxpool")
     fast.configure(model, "fast", device="cpu", compile_kernels=False)
     grads = []
@@ -574,7 +494,7 @@ def test_token_stream_gradients_stay_in_token_order() -> None:
     def keep_grad(module, args, output):
         output.register_hook(grads.append)
 
-    model.blocks.register_forward_hook(keep_grad)
+    model.blocks[-1].register_forward_hook(keep_grad)
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     functional.reset_net(model)
     model(x).sum().backward()
@@ -584,20 +504,22 @@ def test_token_stream_gradients_stay_in_token_order() -> None:
 
 
 def test_attention_keeps_a_token_stream_in_token_order() -> None:
-    """On a token-ordered input the attention output is token ordered too (no copy back for the
-    projection's token Linear); values equal the NCHW-ordered computation's."""
-    from gradprobe.models.layers import SpikingSelfAttention
-
+    """In a token stream the attention merges its heads in token order (no copy back for the
+    projection's token Linear); the values are the model's own attention's, which merges them
+    in NCHW order whatever its input's memory order (the model holds no layout branch)."""
     torch.manual_seed(0)
     attn = SpikingSelfAttention(32, 4, qkv_kind="linear", proj_kind="linear", qkv_bias=True)
     functional.set_step_mode(attn, "m")
     x = (torch.rand(2, 3, 4, 4, 32) < 0.3).float().permute(0, 1, 4, 2, 3)  # token order
     seen = []
     attn.attn_lif.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
-    out_tokens = attn(x)
-    functional.reset_net(attn)
     out_maps = attn(x.contiguous())
-    assert seen[0].permute(0, 1, 3, 4, 2).is_contiguous()
-    assert seen[1].is_contiguous()
-    assert torch.equal(seen[0], seen[1])
-    assert torch.equal(out_tokens, out_maps)
+    functional.reset_net(attn)
+    out_own = attn(x)
+    functional.reset_net(attn)
+    swap_class(attn, TokenStreamSelfAttention)
+    out_tokens = attn(x)
+    assert seen[0].is_contiguous() and seen[1].is_contiguous()
+    assert seen[2].permute(0, 1, 3, 4, 2).is_contiguous()
+    assert torch.equal(seen[0], seen[2]) and torch.equal(seen[1], seen[2])
+    assert torch.equal(out_tokens, out_maps) and torch.equal(out_own, out_maps)

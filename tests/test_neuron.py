@@ -1,8 +1,12 @@
-"""Neuron construction: reference defaults, LIF maths (eq. 3-5), kernels agree, clear errors."""
+"""Neuron construction: reference defaults, LIF maths (eq. 3-5), clear errors.
+
+How a LIF is computed (fused kernel, per-timestep loop) is not a neuron setting but the step
+mode's: those kernels are tested with `gradprobe.fast` (``tests/test_fast_fused_lif.py``,
+``tests/test_fast_reference_mode.py``).
+"""
 
 import pytest
 import torch
-from spikingjelly.activation_based import functional
 
 from gradprobe.neuron import NeuronConfig, is_spiking_neuron, make_neuron
 
@@ -29,21 +33,6 @@ def test_lif_matches_equations_3_to_5():
     assert torch.equal(got, torch.stack(want))
 
 
-def test_loop_kernel_equals_auto_kernel_forward_and_backward():
-    torch.manual_seed(1)
-    x = torch.randn(4, 2, 3, 7, 7, requires_grad=True)
-    outs, grads = [], []
-    for kernel in ("auto", "loop"):
-        lif = make_neuron(kernel=kernel)
-        y = lif(x)
-        (g,) = torch.autograd.grad((y * torch.arange(y.numel()).view_as(y)).sum(), x)
-        outs.append(y)
-        grads.append(g)
-        functional.reset_net(lif)
-    assert torch.equal(outs[0], outs[1])
-    torch.testing.assert_close(grads[0], grads[1], rtol=1e-6, atol=1e-7)
-
-
 def test_plif_and_overrides():
     plif = make_neuron(NeuronConfig(kind="plif", tau=2.0))
     assert plif.w.requires_grad
@@ -56,10 +45,16 @@ def test_plif_and_overrides():
     [
         ("kind", "izhikevich", "choices: lif, plif"),
         ("surrogate", "relu", "choices: sigmoid, atan"),
-        ("kernel", "cupy", "choices: auto, loop"),
         ("tau", 1.0, "tau must be > 1"),
     ],
 )
 def test_bad_config_names_value_and_choices(field, value, message):
     with pytest.raises(ValueError, match=message):
         NeuronConfig(**{field: value})
+
+
+def test_the_kernel_is_not_a_neuron_setting():
+    """``trainer.mode`` alone picks the LIF kernel; a neuron config has no second switch."""
+    with pytest.raises(TypeError, match="kernel"):
+        NeuronConfig(kernel="loop")
+    assert type(make_neuron()).__name__ == "LIFNode"  # spikingjelly's own, on every device

@@ -1,12 +1,13 @@
-"""`gradprobe.rows_bn`: BatchNorm over token rows, bit for bit ATen's on the transposed view."""
+"""`gradprobe.fast.rows_bn`: BatchNorm over token rows, bit for bit ATen's on the transposed view."""
 
 import copy
 
 import pytest
 import torch
 
-from gradprobe import fast, rows_bn
-from gradprobe.kernels import compiler_available
+from gradprobe import fast
+from gradprobe.fast import rows_bn
+from gradprobe.fast.kernels import compiler_available
 from gradprobe.models import create_model
 
 pytestmark = pytest.mark.skipif(not compiler_available(), reason="needs a C++ compiler")

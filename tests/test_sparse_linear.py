@@ -1,4 +1,4 @@
-"""`gradprobe.sparse_linear`: token Linears that skip zero inputs, bit for bit ``F.linear``."""
+"""`gradprobe.fast.sparse_linear`: token Linears that skip zero inputs, bit for bit ``F.linear``."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gradprobe import sparse_linear
-from gradprobe.kernels import compiler_available
+from gradprobe.fast import sparse_linear
+from gradprobe.fast.autograd import TokenLinear
+from gradprobe.fast.kernels import compiler_available
 
 needs_kernel = pytest.mark.skipif(
     not compiler_available() or not sparse_linear.available(), reason="needs a C++ toolchain"
@@ -154,18 +155,16 @@ def test_weight_grad_sums_the_nonzero_inputs_in_float32(rows, k, n) -> None:
 @needs_kernel
 @pytest.mark.parametrize("bf16_grads", [False, True])
 def test_sparse_token_linear_forward_bits_and_gradients(bf16_grads: bool) -> None:
-    """`gradprobe.fast._TokenLinear` with ``sparse``: the forward is ``F.linear``'s bits; the
+    """`gradprobe.fast.autograd.TokenLinear` with ``sparse``: the forward is ``F.linear``'s bits; the
     gradients are the float32 (or bfloat16-operand) backward's; with bfloat16 operands the
     weight's comes from the kernel, in float32."""
-    from gradprobe import fast
-
     x = tokens((16, 64, 384), 0.03)  # spikes from the MLP's hidden LIF: few fire
     gen = torch.Generator().manual_seed(5)
     weight, bias = torch.randn(96, 384, generator=gen) * 0.05, torch.randn(96, generator=gen)
     grad = torch.randn(16, 64, 96, generator=gen)
     leaves = [t.clone().requires_grad_() for t in (x, weight, bias)]
     before = sparse_linear.stats.copy()
-    out = fast._TokenLinear.apply(*leaves, bf16_grads, True)
+    out = TokenLinear.apply(*leaves, bf16_grads, True)
     assert torch.equal(out, F.linear(x, weight, bias))
     out.backward(grad)
     calls = sparse_linear.stats - before

@@ -15,7 +15,8 @@ from ablations import loop, run, store
 from ablations.checks import ConfigError, check_config
 from ablations.losses import SoftTargets, TETLoss, TimeMeanCrossEntropy
 from ablations.rundir import RunRecord
-from gradprobe import allocator, cl_pool, fast
+from gradprobe import fast
+from gradprobe.fast import allocator, cl_pool
 
 #: Every random source of the recipe: flips, RandAugment, erasing (python random), mixup (numpy).
 RANDOM = [
@@ -184,7 +185,8 @@ def test_non_finite_loss_stops_the_run(tmp_path):
         ("trainer.mode=turbo", "unknown trainer.mode 'turbo'; choices: fast, reference"),
         ("trainer.exact=maybe", "trainer.exact must be true or false, got 'maybe'"),
         ("trainer.retain_memory=1", "trainer.retain_memory must be true or false, got 1"),
-        ("neuron.kernel=loop", "neuron.kernel=loop needs trainer.mode=reference, got 'fast'"),
+        # trainer.mode alone picks the LIF kernel: a neuron has no kernel setting
+        ("+neuron.kernel=loop", "bad neuron settings: NeuronConfig.__init__() got an unexpected"),
     ],
 )
 def test_bad_choices_are_rejected_before_training(tmp_path, monkeypatch, override, message):
@@ -234,7 +236,7 @@ def test_soft_targets_smooth_and_stop_mixing():
 def test_trainer_exact_picks_the_cpu_fast_path(tmp_path, monkeypatch, exact):
     """``trainer.exact``: bf16 gradient operands (on a CPU that has bf16 dot products, forced
     here) or the bit-identical fp32 step; ``environment.json`` says which ran."""
-    monkeypatch.setattr(fast, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr("gradprobe.fast.plan.cpu_has_native_bf16", lambda: True)
     cfg = config("trainer.device=cpu", f"trainer.exact={str(exact).lower()}")
     assert run_job(cfg, tmp_path) == "finished"
     env = json.loads((tmp_path / "run" / "environment.json").read_text())
@@ -242,7 +244,7 @@ def test_trainer_exact_picks_the_cpu_fast_path(tmp_path, monkeypatch, exact):
     assert env["grad_precision"] == ("fp32" if exact else "bf16")
     assert env["precision"] == "fp32"
     assert env["fused_optimizer"] is not exact  # AdamW fused in fast mode unless exact
-    assert env["retained_memory"] is allocator.available()  # fast mode on CPU, either way
+    assert env["retained_memory"] is allocator.is_retained()  # opt-in: never set by configure
     assert env["channels_last_pools"] is cl_pool.available()  # bit-identical: exact too
     assert env["sparse_token_matmul"] is False  # the tokenizer alone has no token Linears
 

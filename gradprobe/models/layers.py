@@ -155,7 +155,6 @@ class SpikingSelfAttention(nn.Module):
         return x_seq.reshape(T, B, self.num_heads, C // self.num_heads, -1).transpose(-1, -2)
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
-        T, B, C, H, W = x_seq.shape
         if self.in_lif is not None:
             x_seq = self.in_lif(x_seq)
         q = self._heads(self.q_lif(self.q(x_seq)))  # [T, B, heads, N, d]
@@ -164,12 +163,13 @@ class SpikingSelfAttention(nn.Module):
         kt = k.transpose(-2, -1)
         n_tokens, head_dim = q.shape[-2], q.shape[-1]
         attn = (q @ (kt @ v) if n_tokens > head_dim else (q @ kt) @ v) * self.scale
-        if x_seq.permute(0, 1, 3, 4, 2).is_contiguous():  # a token stream: keep its order
-            out = attn.transpose(2, 3).reshape(T, B, H, W, C).permute(0, 1, 4, 2, 3)
-        else:
-            out = attn.transpose(-1, -2).reshape(T, B, C, H, W)
-        out = self.proj(self.attn_lif(out))
+        out = self.proj(self.attn_lif(self.merge_heads(attn, x_seq.shape)))
         return out if self.out_lif is None else self.out_lif(out)
+
+    def merge_heads(self, attn: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        """``[T, B, heads, N, d]`` → ``[T, B, C, H, W]`` of ``shape``, the inverse of `_heads`."""
+        T, B, C, H, W = shape
+        return attn.transpose(-1, -2).reshape(T, B, C, H, W)
 
 
 class SpikingMLP(nn.Module):
@@ -288,29 +288,6 @@ def check_img_size(img_size: int, form: Form, model: str) -> int:
     return img_size // factor
 
 
-def _token_order(x_seq: torch.Tensor) -> torch.Tensor:
-    """``[T, B, C, H, W]`` with token memory order (channels last): a copy unless it has it."""
-    return x_seq.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
-
-
-class _TokenOrderGrad(torch.autograd.Function):
-    """Identity whose backward hands on the gradient in token memory order.
-
-    At the end of a token stream the head's mean over tokens sends back a broadcast gradient.
-    Without this, the residual stream's gradients would add that broadcast to token-ordered
-    branch gradients in NCHW order, and every LIF on the stream would copy its gradient back to
-    its own (token) order.
-    """
-
-    @staticmethod
-    def forward(ctx, x_seq: torch.Tensor) -> torch.Tensor:
-        return x_seq.view_as(x_seq)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        return _token_order(grad)
-
-
 class SpikingTransformer(SpikingClassifier):
     """Stem → blocks → mean over tokens → Linear, per time step (``[T, B, K]``).
 
@@ -322,11 +299,6 @@ class SpikingTransformer(SpikingClassifier):
     stem: nn.Module
     blocks: nn.Sequential
     head: nn.Linear
-    #: Hold the residual stream between stem and head in token memory order ([T, B, H, W, C],
-    #: channels last), so that token Linears read it without a copy; its gradients are handed
-    #: back in the same order (`_TokenOrderGrad`). Same values; set by
-    #: `gradprobe.fast.configure` on CPU where every pointwise layer is a token Linear.
-    token_stream: bool = False
     #: Parameters created for parameter-count parity but never used in forward: name suffixes
     #: (the per-block LayerNorms) and full names (e.g. Spikformer DVS's ``pos_embed``).
     legacy_parameter_suffixes: tuple[str, ...] = (
@@ -369,11 +341,7 @@ class SpikingTransformer(SpikingClassifier):
                 f"{type(self).__name__} halves the input {self.n_sites} times; its height and "
                 f"width must be multiples of {factor}, got {tuple(x_seq.shape[-2:])}"
             )
-        x_seq = self.stem(x_seq)
-        if self.token_stream:
-            x_seq = _TokenOrderGrad.apply(self.blocks(_token_order(x_seq)))
-        else:
-            x_seq = self.blocks(x_seq)
+        x_seq = self.blocks(self.stem(x_seq))
         # the mean over tokens reduces contiguous memory, in the references' order
         return self.head(x_seq.contiguous().flatten(3).mean(3))
 

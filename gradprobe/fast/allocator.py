@@ -17,9 +17,11 @@ The step's peak memory is unchanged (what a step needs it needs either way); the
 keeps its peak resident until it exits, as PyTorch's CUDA caching allocator does on the GPU.
 
 It is a process-wide setting and cannot be undone: ``mallopt`` has no call that restores
-glibc's adaptive threshold. `gradprobe.fast.configure` applies it in fast mode on CPU; reference
-mode never does (it runs as the official code runs, under glibc's defaults). Other C libraries
-(macOS, musl, Windows) are left alone.
+glibc's adaptive threshold. So it is opt-in: nothing in gradprobe calls `retain_freed_memory`
+on its own (`gradprobe.fast.configure` does not), a process that wants it (a training harness
+whose config asks for it, a fast-mode benchmark worker) calls it once, and reference mode's
+processes keep glibc's defaults, as the official code runs. `gradprobe.fast.StepPlan` reports
+`is_retained` as ``retained_memory``. Other C libraries (macOS, musl, Windows) are left alone.
 """
 
 from __future__ import annotations

@@ -10,30 +10,51 @@ differently, and that layout costs time:
   q, k and v are permuted into heads with another ``.contiguous()`` copy each;
 * both compute attention as ``(Q·Kᵀ)·V`` (an N x N matrix, N = 64 tokens on CIFAR) where
   ``Q·(Kᵀ·V)`` (a d x d matrix, d = 32) is cheaper and exact on binary spikes;
-* every LIF steps through T in Python (`gradprobe.neuron.LoopLIFNode`, which `gradprobe.fast`
-  installs for this mode).
+* every LIF steps through T in Python, concatenating its spikes and membrane potentials
+  (`LoopLIFNode`).
 
-`install_reference_forwards` binds forwards that follow exactly that sequence of reshapes and
-products (our code, written from the facts in the spec) to the modules of a Spikformer or
-Spikingformer CIFAR model; `remove_reference_forwards` restores the modules' own forwards.
-Stems already run as the references do (flatten T·B around each conv/BN, reshape back), so they
-keep their forwards and their probe hooks. Other models and forms (ImageNet, DVS, ResNet-19,
-Spikeformer) keep their forwards; for them reference mode differs only in the LIF loop.
+`install_reference_mode` swaps in classes (`gradprobe.fast.swap`) whose forwards follow exactly
+that sequence of reshapes and products (our code, written from the facts in the spec): on any
+`SpikingClassifier` the references' ``repeat`` over T, and on a Spikformer or Spikingformer CIFAR
+model their layouts of stem, attention and MLP; `gradprobe.fast.swap.restore_modules` takes them
+out. ``print(model)`` names them (``ReferenceSpikformer``, ``ReferenceTokenSelfAttention``...).
+The stems' stages already run as the references do (flatten T·B around each conv/BN, reshape
+back), so they keep their forwards and their probe hooks. Other models and forms (ImageNet, DVS, ResNet-19,
+Spikeformer) keep their forwards; for them reference mode differs only in the LIF loop and the
+``repeat``.
 """
 
 from __future__ import annotations
 
-import types
+import functools
 
 import torch
+from spikingjelly.activation_based import neuron
 from torch import nn
 
+from gradprobe.fast.swap import plain_class, replaces, swap_class, swap_modules
 from gradprobe.models.base import SpikingClassifier
 from gradprobe.models.layers import SpikingMLP, SpikingSelfAttention, SpikingTransformer
 from gradprobe.models.spikformer import Spikformer, SpikformerStem
 
-#: Instance attributes set by `install_reference_forwards`.
-_OVERRIDES = ("forward", "forward_seq", "to_sequence")
+
+@replaces(neuron.LIFNode)
+class LoopLIFNode(neuron.LIFNode):
+    """LIF that steps through T in Python, as the reference code does on CPU (same maths).
+
+    Like spikingjelly 0.0.0.0.12's ``MultiStepLIFNode`` with its ``'torch'`` backend, which is
+    what the official code runs off CUDA, it concatenates each step's spikes and also each
+    step's membrane potential, kept as ``v_seq`` until ``reset_net`` clears it: the references
+    pay for that copy, and for its memory, in every step.
+    """
+
+    def multi_step_forward(self, x_seq: torch.Tensor) -> torch.Tensor:
+        spikes, potentials = [], []
+        for x in x_seq:
+            spikes.append(self.single_step_forward(x).unsqueeze(0))
+            potentials.append(self.v.unsqueeze(0))
+        self.v_seq = torch.cat(potentials, 0)
+        return torch.cat(spikes, 0)
 
 
 def _repeat_sequence(self: SpikingClassifier, x: torch.Tensor) -> torch.Tensor:
@@ -113,16 +134,58 @@ def _mlp_map_forward(self: SpikingMLP, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def _bind(module: nn.Module, name: str, fn) -> None:
-    setattr(module, name, types.MethodType(fn, module))
+@replaces(SpikformerStem)
+class ReferenceSPSStem(SpikformerStem):
+    """Spikformer CIFAR's SPS ending in ``[T, B, N, C]`` tokens."""
+
+    forward = _sps_tokens_forward
 
 
-def install_reference_forwards(model: nn.Module) -> bool:
-    """Bind reference-layout forwards to a Spikformer/Spikingformer CIFAR model.
+@replaces(SpikingSelfAttention)
+class ReferenceTokenSelfAttention(SpikingSelfAttention):
+    """Spikformer CIFAR's attention on ``[T, B, N, C]`` tokens."""
+
+    forward = _ssa_tokens_forward
+
+
+@replaces(SpikingMLP)
+class ReferenceTokenMLP(SpikingMLP):
+    """Spikformer CIFAR's MLP on ``[T, B, N, C]`` tokens."""
+
+    forward = _mlp_tokens_forward
+
+
+@replaces(SpikingSelfAttention)
+class ReferenceMapSelfAttention(SpikingSelfAttention):
+    """Spikingformer CIFAR's attention, Conv1d-BN1d on ``[T·B, C, N]``."""
+
+    forward = _ssa_map_forward
+
+
+@replaces(SpikingMLP)
+class ReferenceMapMLP(SpikingMLP):
+    """Spikingformer CIFAR's MLP, Conv2d 1x1 on ``[T·B, C, H, W]``."""
+
+    forward = _mlp_map_forward
+
+
+@functools.cache
+def reference_class(cls: type, tokens: bool = False) -> type:
+    """``cls`` (a `SpikingClassifier`) with the references' ``repeat`` over T, and with
+    ``tokens`` Spikformer CIFAR's token stream from stem to head; named ``Reference<cls>``."""
+    methods = {"to_sequence": _repeat_sequence, "__module__": __name__}
+    if tokens:
+        methods["forward_seq"] = _tokens_forward_seq
+    methods["__doc__"] = f"{cls.__name__} computing as the official code does (reference mode)."
+    return replaces(cls)(type(f"Reference{cls.__name__}", (cls,), methods))
+
+
+def install_reference_mode(model: nn.Module) -> bool:
+    """Swap in the reference-layout classes on a model (see the module docstring).
 
     Args:
-        model: Any module; only ``SpikingTransformer`` models of the CIFAR form are changed,
-            and any `SpikingClassifier` gets the references' ``repeat`` over T.
+        model: Any module; a `SpikingClassifier` gets the references' ``repeat`` over T, and
+            the modules of a ``SpikingTransformer`` of the CIFAR form their layouts.
 
     Returns:
         True if the model's transformer layout was replaced by the reference layout.
@@ -130,29 +193,19 @@ def install_reference_forwards(model: nn.Module) -> bool:
     Example:
         >>> from gradprobe.models import create_model
         >>> model = create_model("spikformer_2_384_cifar")
-        >>> install_reference_forwards(model)
-        True
+        >>> install_reference_mode(model), type(model).__name__
+        (True, 'ReferenceSpikformer')
     """
-    remove_reference_forwards(model)
+    layout = isinstance(model, SpikingTransformer) and getattr(model, "form", None) == "cifar"
+    tokens = layout and isinstance(model, Spikformer)
     if isinstance(model, SpikingClassifier):
-        _bind(model, "to_sequence", _repeat_sequence)
-    if not isinstance(model, SpikingTransformer) or getattr(model, "form", None) != "cifar":
+        swap_class(model, reference_class(plain_class(type(model)), tokens))
+    if not layout:
         return False
-    tokens_layout = isinstance(model, Spikformer)
-    if tokens_layout:
-        _bind(model, "forward_seq", _tokens_forward_seq)
-        _bind(model.stem, "forward", _sps_tokens_forward)
-    for module in model.modules():
-        if isinstance(module, SpikingSelfAttention):
-            _bind(module, "forward", _ssa_tokens_forward if tokens_layout else _ssa_map_forward)
-        elif isinstance(module, SpikingMLP):
-            _bind(module, "forward", _mlp_tokens_forward if tokens_layout else _mlp_map_forward)
+    if tokens:
+        swap_class(model.stem, ReferenceSPSStem)
+        mapping = {SpikingSelfAttention: ReferenceTokenSelfAttention, SpikingMLP: ReferenceTokenMLP}
+    else:
+        mapping = {SpikingSelfAttention: ReferenceMapSelfAttention, SpikingMLP: ReferenceMapMLP}
+    swap_modules(model, mapping)
     return True
-
-
-def remove_reference_forwards(model: nn.Module) -> None:
-    """Restore every module's own forward (undo `install_reference_forwards`)."""
-    for module in model.modules():
-        for name in _OVERRIDES:
-            if name in module.__dict__:
-                delattr(module, name)

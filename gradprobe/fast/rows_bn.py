@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from gradprobe.kernels import KernelSet
+from gradprobe.fast.kernels import KernelSet
 
 
 def _var_sum(rows: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,8 @@ from __future__ import annotations
 import torch
 from spikingjelly.activation_based import functional, layer
 
-from gradprobe.kernels import KernelSet
+from gradprobe.fast.kernels import KernelSet
+from gradprobe.fast.swap import replaces
 
 
 def _to_channels_last(x: torch.Tensor) -> torch.Tensor:
@@ -115,6 +116,7 @@ def max_pool2d(
     return (y, indices) if return_indices else y
 
 
+@replaces(layer.MaxPool2d)
 class FastMaxPool2d(layer.MaxPool2d):
     """spikingjelly's ``MaxPool2d`` (either step mode) pooling through `max_pool2d`."""
 
@@ -135,14 +137,3 @@ class FastMaxPool2d(layer.MaxPool2d):
         if x.dim() != 5:
             raise ValueError(f"expected x with shape [T, N, C, H, W], but got shape {x.shape}")
         return functional.seq_to_ann_forward(x, (self._pool,))
-
-
-def set_max_pools(model: torch.nn.Module, on: bool) -> int:
-    """Switch every spikingjelly ``MaxPool2d`` of ``model`` between its own class and
-    `FastMaxPool2d`; returns how many were switched."""
-    count = 0
-    for module in model.modules():
-        if type(module) in (layer.MaxPool2d, FastMaxPool2d):
-            module.__class__ = FastMaxPool2d if on else layer.MaxPool2d
-            count += 1
-    return count
