@@ -18,14 +18,18 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
-from omegaconf import DictConfig
+from gradprobe.extras import require
 
-from ablations import configs
-from ablations.callbacks import ExitStatus
-from ablations.run import run_job
+require("harness", "hydra", "omegaconf", "torchvision", command="python -m ablations.train")
+
+import hydra  # noqa: E402 - after the check above
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from hydra.types import RunMode  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from ablations import configs  # noqa: E402
+from ablations.callbacks import ExitStatus  # noqa: E402
+from ablations.run import run_job  # noqa: E402
 
 configs.register_configs()
 

@@ -5,11 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-import matplotlib
+from gradprobe.extras import require
 
-from reports.build import build_report
-from reports.load import METRICS
-from reports.stats import ALPHA
+require("reports", "scipy", "jinja2", "tabulate", command="python -m reports")
+
+import matplotlib  # noqa: E402 - after the check above
+
+from reports.build import build_report  # noqa: E402
+from reports.load import METRICS  # noqa: E402
+from reports.stats import ALPHA  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
