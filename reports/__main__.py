@@ -1,4 +1,5 @@
-"""``python -m reports build --results <sweep dir or store> --out <dir>``."""
+"""``python -m reports build --results <sweep dir or store> --out <dir>``, and
+``python -m reports diff <store> <store>`` (are two sweeps' numbers the same?)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ require("reports", "scipy", "jinja2", "tabulate", command="python -m reports")
 import matplotlib  # noqa: E402 - after the check above
 
 from reports.build import build_report  # noqa: E402
+from reports.diff import diff_stores  # noqa: E402
 from reports.load import METRICS  # noqa: E402
 from reports.stats import ALPHA  # noqa: E402
 
@@ -45,7 +47,16 @@ def main(argv: list[str] | None = None) -> int:
         help="x axis of the precision curves (default %(default)s)",
     )  # fmt: skip
     build.add_argument("--no-figures", action="store_true", help="tables only")
+    diff = commands.add_parser(
+        "diff",
+        help="compare the run documents of two stores, timings and provenance aside; exit 1 "
+        "if any number differs",
+    )
+    diff.add_argument("first", help="a sweep dir or results/ store")
+    diff.add_argument("second", help="another sweep dir or results/ store")
     args = parser.parse_args(argv)
+    if args.command == "diff":
+        return _diff(args.first, args.second)
 
     matplotlib.use("Agg")  # files only; a library import leaves a notebook's backend alone
     report = build_report(
@@ -55,6 +66,16 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.write(report.coverage)
     print(f"\nwrote {len(report.files)} files to {args.out}")
     return 0
+
+
+def _diff(first: str, second: str) -> int:
+    try:
+        result = diff_stores(first, second)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"python -m reports diff: {error}", file=sys.stderr)
+        return 2
+    print("\n".join(result.lines()))
+    return 0 if result.identical else 1
 
 
 if __name__ == "__main__":
