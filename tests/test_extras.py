@@ -41,3 +41,24 @@ def test_commands_without_their_extra_end_in_one_line(module: str, hidden: str, 
         f"python -m {module.removesuffix('.__main__')} needs {hidden} (not installed): "
         f"pip install 'gradprobe[{extra}]'"
     ]
+
+
+def test_the_library_installs_and_imports_without_hydra_or_ninja() -> None:
+    import tomllib
+    from pathlib import Path
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    base = " ".join(project["dependencies"])
+    assert "hydra" not in base and "omegaconf" not in base and "ninja" not in base
+    extras = project["optional-dependencies"]
+    assert any(d.startswith("hydra-core") for d in extras["harness"])
+    assert extras["fast"] == ["ninja>=1.11"]
+    # Every library module imports without touching the harness's or the kernels' tools.
+    code = (
+        "import pkgutil, importlib, sys, gradprobe; "
+        "[importlib.import_module(m.name) for m in pkgutil.walk_packages(gradprobe.__path__, "
+        "'gradprobe.') if m.name != 'gradprobe.__main__']; "
+        "bad = {'hydra', 'omegaconf', 'ninja'} & {n.split('.')[0] for n in sys.modules}; "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
