@@ -20,12 +20,11 @@ import argparse
 import resource
 import statistics
 import time
-import traceback
 
 import torch
 from spikingjelly.activation_based import functional
 
-from benchmarks.throughput import Worker
+from benchmarks.workers import Worker, answer
 from gradprobe import fast
 from gradprobe.fast import allocator
 from gradprobe.models import create_model
@@ -35,8 +34,10 @@ SETTINGS = ("default", "retained")
 
 def _serve(conn, name: str, downsample: str, setting: str, args: argparse.Namespace) -> None:
     """A worker: build the model in fast mode with or without retained memory, then run one
-    train step per request and send back (seconds, page faults) until it receives ``None``."""
-    try:
+    train step per request and send back (seconds, page faults) until it receives ``None``
+    (the protocol of `benchmarks.workers`)."""
+
+    def build():
         if args.threads:
             torch.set_num_threads(args.threads)
         torch.manual_seed(args.seed)
@@ -50,7 +51,7 @@ def _serve(conn, name: str, downsample: str, setting: str, args: argparse.Namesp
         images = torch.rand(args.batch_size, 3, 32, 32)
         labels = torch.randint(0, 10, (args.batch_size,))
 
-        def step() -> tuple[float, int]:
+        def step(kind: str) -> tuple[float, int]:
             faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             start = time.perf_counter()
             functional.reset_net(model)
@@ -60,11 +61,9 @@ def _serve(conn, name: str, downsample: str, setting: str, args: argparse.Namesp
             seconds = time.perf_counter() - start
             return seconds, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
 
-        conn.send(("ready", None))
-        while conn.recv() is not None:
-            conn.send(("ok", step()))
-    except Exception:  # the parent re-raises it with the worker's traceback
-        conn.send(("error", traceback.format_exc()))
+        return None, step
+
+    answer(conn, build)
 
 
 def measure(name: str, downsample: str, args: argparse.Namespace) -> dict:

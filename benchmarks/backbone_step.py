@@ -19,8 +19,8 @@ import pandas as pd
 import torch
 from spikingjelly.activation_based import functional
 
-from gradprobe.downsample import list_downsamples
-from gradprobe.models import create_model, list_models
+from benchmarks.grid import add_grid_arguments
+from gradprobe.models import create_model
 
 CLOCKS = {"wall": time.perf_counter, "process": time.process_time}
 
@@ -51,11 +51,7 @@ def step_ms(
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="*", default=list_models("*_cifar"))
-    parser.add_argument("--downsample", nargs="*", default=list_downsamples())
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--T", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=3)
+    add_grid_arguments(parser, repeats=3)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall")
     args = parser.parse_args(argv)

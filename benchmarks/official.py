@@ -152,8 +152,7 @@ def _same_weights(
     model: str, variant: str, factory: callable, T: int, batch_size: int, seed: int
 ) -> tuple[nn.Module, nn.Module, torch.Tensor, torch.Tensor]:
     """Our reference-mode network, the file's network on its weights, and a batch (images,
-    labels): the weights and batch `benchmarks.throughput.Bench` draws from ``seed``, in its
-    order."""
+    labels): the weights and batch `benchmarks.bench.Bench` draws from ``seed``, in its order."""
     torch.manual_seed(seed)
     ours = create_model(model, downsample=variant, T=T, num_classes=10)
     images = torch.rand(batch_size, 3, 32, 32)

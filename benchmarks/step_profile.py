@@ -5,12 +5,12 @@ Usage (from the repository root):
     python -m benchmarks.step_profile --mode reference --downsample maxpool_lif
     python -m benchmarks.step_profile --top 25                        # and the 25 costliest ops
 
-Builds the same model, batch and train step as `benchmarks/throughput.py` (`Bench`) in one mode,
-with the allocator setting that mode's worker uses, runs warm-up steps, then profiles
-``--steps`` steps with ``torch.profiler`` (CPU activities) and prints, per step, the self time of
-every profiled op grouped by kind (`KINDS`) and split by whether it ran inside the autograd
-engine's backward. Self times sum to the profiled time (the profiler adds a few % overhead);
-the step's own wall time, measured outside the profiler, is printed beside them.
+Builds the same model, batch and train step as `benchmarks/throughput.py` in one mode
+(`benchmarks.bench.Bench`), with the allocator setting that mode's worker uses, runs warm-up
+steps, then profiles ``--steps`` steps with ``torch.profiler`` (CPU activities) and prints, per
+step, the self time of every profiled op grouped by kind (`KINDS`) and split by whether it ran
+inside the autograd engine's backward. Self times sum to the profiled time (the profiler adds a
+few % overhead); the step's own wall time, measured outside the profiler, is printed beside them.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-from benchmarks.throughput import Bench
+from benchmarks.bench import Bench
 from gradprobe import fast
 
 #: Kind of work by op name: exact ATen names, or a prefix ending in ``*``. First match wins.

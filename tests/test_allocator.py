@@ -93,7 +93,7 @@ def test_only_an_explicit_call_retains_and_plans_report_it() -> None:
 
 BENCH = """
 import argparse, json
-from benchmarks.throughput import Bench
+from benchmarks.bench import Bench
 from gradprobe.fast import allocator
 
 args = argparse.Namespace(seed=0, T=2, batch_size=2, device="cpu", exact=False,

@@ -1,10 +1,13 @@
-"""`benchmarks/throughput.py` runs end to end: both modes, isolated workers, ratios."""
+"""The benchmarks run end to end: `benchmarks/throughput.py` (both modes, isolated workers,
+ratios), the allocator, official-LIF and step-profile benchmarks."""
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 
-from benchmarks import throughput
+from benchmarks import measure, throughput, workers
 from gradprobe.fast import allocator
 
 
@@ -25,11 +28,32 @@ def test_throughput_reports_both_modes(isolate: str, capsys: pytest.CaptureFixtu
 
 
 def test_a_failing_worker_reports_its_traceback() -> None:
-    namespace = throughput.argparse.Namespace(
+    namespace = argparse.Namespace(
         threads=1, seed=0, T=2, batch_size=2, device="cpu", exact=False, cuda_graph="off"
     )
     with pytest.raises(RuntimeError, match=r"benchmark worker failed:(.|\n)*unknown model"):
-        throughput.Worker("no_such_model", "maxpool_lif", "fast", namespace)
+        workers.Worker("no_such_model", "maxpool_lif", "fast", namespace, measure.serve)
+
+
+def test_the_interleaved_loop_alternates_labels_and_skips_the_ports_eval() -> None:
+    calls = []
+
+    def runner(label: str):
+        def step(kind: str) -> float:
+            calls.append((label, kind))
+            return float(len(calls))
+
+        return step
+
+    labels = ["reference", "fast", "port"]
+    args = argparse.Namespace(warmup=1, repeats=2)
+    times = measure.interleave({label: runner(label) for label in labels}, labels, args)
+    assert [kind for _, kind in calls] == ["train"] * 9 + ["eval"] * 6  # all train steps first
+    # warm-up, then rounds A-B-C, C-B-A; the port anchor has no eval step
+    assert [label for label, _ in calls[:9]] == [*labels, *labels, *labels[::-1]]
+    assert [label for label, _ in calls[9:]] == ["reference", "fast"] * 2 + ["fast", "reference"]
+    assert times["reference", "train"] == [4, 9] and ("port", "eval") not in times
+    assert measure.per_round(times, "reference", "fast") == [4 / 5, 9 / 8]
 
 
 @pytest.mark.skipif(not allocator.available(), reason="needs glibc")

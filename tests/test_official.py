@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from benchmarks import official, throughput
+from benchmarks import bench, measure, official, throughput
 
 LEGACY_NEURON = '''
 import torch
@@ -177,9 +177,9 @@ def test_the_official_model_trains_on_reference_modes_weights_and_batch(
     bench_args = argparse.Namespace(
         seed=0, T=2, batch_size=2, device="cpu", exact=False, cuda_graph="off", memory="none"
     )
-    bench = throughput.Bench(SPIKFORMER, "lif_maxpool", bench_args, serving="reference")
-    assert torch.equal(code.images, bench.images) and torch.equal(code.labels, bench.labels)
-    assert code.params == bench.params["reference"]
+    ours = bench.Bench(SPIKFORMER, "lif_maxpool", bench_args, serving="reference")
+    assert torch.equal(code.images, ours.images) and torch.equal(code.labels, ours.labels)
+    assert code.params == ours.params["reference"]
     assert code.max_logit_diff < 1e-5
     assert code.train_step() > 0 and code.eval_step() > 0
     with pytest.raises(ValueError, match="CPU only"):
@@ -197,7 +197,7 @@ def test_throughput_times_the_official_code_beside_reference_mode(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     peaks = {"reference": 4.0, "fast": 2.0, "official": 5.0}  # MiB; the subprocesses are tested
-    monkeypatch.setattr(throughput, "cpu_peak_mb", lambda name, variant, mode, args: peaks[mode])
+    monkeypatch.setattr(measure, "cpu_peak_mb", lambda name, variant, mode, args: peaks[mode])
     args = ["--models", SPIKFORMER, "--downsample", "lif_maxpool", "--batch-size", "2"]
     args += ["--T", "2", "--repeats", "1", "--warmup", "0", "--device", "cpu"]
     args += ["--isolate", isolate, "--threads", "1"]
@@ -242,5 +242,5 @@ def test_the_official_codes_peak_memory_is_measured_like_reference_modes(
     args = argparse.Namespace(
         device="cpu", legacy=legacy, seed=0, T=2, batch_size=2, official=[official_file(tmp_path)]
     )
-    memory = throughput.child_memory(SPIKFORMER, "lif_maxpool", "official", args)
+    memory = measure.child_memory(SPIKFORMER, "lif_maxpool", "official", args)
     assert memory["peak_mb"] >= 0 and memory["rss_mb"] > 0
