@@ -3,8 +3,7 @@
 Both modes (`gradprobe.fast.configure`) run the same model (same seed, same weights; the
 parameter count is asserted equal) on the same batch. The fast mode is `configure`'s default.
 On CPU its forward is reference mode's bit for bit (fused LIF kernel, the same convolution
-calls, token matmuls that skip zero inputs and sum the rest in MKL's order
-(`gradprobe.fast.sparse_linear`), token BatchNorm over contiguous rows with reference mode's
+calls and token matmuls, token BatchNorm over contiguous rows with reference mode's
 statistics); where the CPU has bfloat16 dot products the backward's convolutions and token
 matmuls take bfloat16 operands and the LIFs save their surrogate input in bfloat16. A process
 that serves the fast mode on CPU calls `gradprobe.fast.allocator.retain_freed_memory` itself
@@ -20,17 +19,11 @@ as in the harness (``trainer.cuda_graph=auto``), one replayed CUDA graph of all 
 (`gradprobe.fast.CUDAGraphStep`, captured during the warm-up; ``--cuda-graph off`` times the
 eager fast step instead). An eval step is reset_net → forward under ``torch.inference_mode`` in
 eval mode, eager in both modes.
-
-The token matmuls' speed depends on how many of their inputs are zero: `token_inputs` measures
-the mean fraction of nonzero inputs of the token Linears in one forward of the benchmark batch
-(at the benchmark's initialisation; trained networks fire at their own rates) and the share of
-calls that skipped zeros.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import torch
@@ -38,7 +31,7 @@ from spikingjelly.activation_based import functional
 from torch.utils.flop_counter import FlopCounterMode
 
 from gradprobe import fast
-from gradprobe.fast import allocator, sparse_linear
+from gradprobe.fast import allocator
 from gradprobe.models import create_model
 
 MODES = ("reference", "fast")
@@ -217,32 +210,3 @@ class PortAnchor:
 
 
 OFFICIAL_OVER_PORT = 2.06 / 1.23
-
-
-def token_inputs(bench: Bench) -> tuple[float, float]:
-    """The mean fraction of nonzero inputs of fast mode's token Linears in one training-mode
-    forward of the benchmark batch, and the share of those calls `gradprobe.fast.sparse_linear`
-    served sparse (the rest were too dense, or their shape kept MKL)."""
-    densities = []
-
-    def record(module, args):
-        densities.append(torch.count_nonzero(args[0]).item() / args[0].numel())
-
-    bench.use("fast")
-    bench.model.train()
-    hooks = [
-        m.register_forward_pre_hook(record)
-        for m in bench.model.modules()
-        if isinstance(m, fast.FastPointwiseBN) and m.kind == "linear"
-    ]
-    before = sparse_linear.stats.copy()
-    try:  # a train step's forward (autograd records: the train step's route), no backward
-        functional.reset_net(bench.model)
-        bench.model(bench.images)
-        functional.reset_net(bench.model)
-        bench.model.zero_grad(set_to_none=True)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    calls = sparse_linear.stats - before
-    return statistics.mean(densities), calls["sparse"] / max(1, calls.total())

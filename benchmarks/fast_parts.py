@@ -1,11 +1,12 @@
 """What each optional part of the CPU fast path buys: one train step with every part, and with
 each part switched off in turn, timed in interleaved rounds on the same weights and batch.
 
-The parts are the two kernels that reproduce an undocumented summation order of a vendor
-library to stay bit-identical to reference mode: the sparse token matmul
-(`gradprobe.fast.sparse_linear`, MKL's order of fused multiply-adds over nonzero inputs) and
-the token BatchNorm over contiguous rows (`gradprobe.fast.rows_bn`, ATen's statistics). Each
-is worth its maintenance only if a step is measurably slower without it::
+The parts are the kernels that reproduce an undocumented summation order of a vendor library to
+stay bit-identical to reference mode; each is worth its maintenance only if a step is
+measurably slower without it. Today that is the token BatchNorm over contiguous rows
+(`gradprobe.fast.rows_bn`, ATen's statistics); a sparse token matmul (MKL's order of fused
+multiply-adds over nonzero inputs) was measured here too and removed
+(``benchmarks/results/cpu-2026-12-07-fast-parts``)::
 
     python -m benchmarks.fast_parts --model spikformer_4_384_cifar --batch-size 16 --T 4
 
@@ -27,21 +28,7 @@ from spikingjelly.activation_based import functional
 
 from gradprobe import fast
 from gradprobe.fast import rows_bn
-from gradprobe.fast.layers import FastPointwiseBN
 from gradprobe.models import create_model
-
-
-@contextlib.contextmanager
-def _without_sparse(model: torch.nn.Module) -> Iterator[None]:
-    modules = [m for m in model.modules() if isinstance(m, FastPointwiseBN)]
-    before = [m.sparse for m in modules]
-    for m in modules:
-        m.sparse = False  # F.linear, as in exact mode
-    try:
-        yield
-    finally:
-        for m, value in zip(modules, before, strict=True):
-            m.sparse = value
 
 
 @contextlib.contextmanager
@@ -54,18 +41,10 @@ def _without_rows_bn(model: torch.nn.Module) -> Iterator[None]:
         rows_bn.available = available
 
 
-@contextlib.contextmanager
-def _both(model: torch.nn.Module) -> Iterator[None]:
-    with _without_sparse(model), _without_rows_bn(model):
-        yield
-
-
 #: Configuration name → context that switches parts off (the full path switches none).
 CONFIGS: dict[str, Callable[[torch.nn.Module], contextlib.AbstractContextManager]] = {
     "full fast path": lambda model: contextlib.nullcontext(),
-    "without sparse_linear": _without_sparse,
     "without rows_bn": _without_rows_bn,
-    "without either": _both,
 }
 
 
@@ -97,8 +76,7 @@ def main(argv: list[str] | None = None) -> None:
 
     print(
         f"{args.model} ({args.downsample}), B={args.batch_size}, T={args.T}, "
-        f"{args.threads} threads, grad operands {plan.grad_precision}, sparse token matmul "
-        f"{'on' if plan.sparse_token_matmul else 'off (unavailable here)'}, rows BN "
+        f"{args.threads} threads, grad operands {plan.grad_precision}, rows BN "
         f"{'available' if rows_bn.available() else 'unavailable'}"
     )
     losses, times = {}, {name: [] for name in CONFIGS}

@@ -8,10 +8,7 @@ reference mode and the official code run) against oneDNN's 1x1 convolution on th
 (`gradprobe.fast.autograd.TokenLinear`'s backward), and oneDNN in bfloat16; each line also says
 whether oneDNN's float32 result equals MKL's bit for bit (the forward must keep MKL's rounding).
 Stem convolutions (3x3, forward + backward): float32 against bfloat16 operands
-(`gradprobe.fast.autograd.BF16GradConv`'s backward). Sparse token matmuls:
-`gradprobe.fast.sparse_linear`'s kernel against MKL by fraction of nonzero inputs, and whether
-its result is MKL's bit for bit; its weight gradient against the bfloat16 matmul of the fast
-backward.
+(`gradprobe.fast.autograd.BF16GradConv`'s backward).
 Token BatchNorms: on the references' transposed view against contiguous rows
 (`gradprobe.fast.FastPointwiseBN` unless ``exact``). The downsampling sites' max-pools, on
 real-valued maps (CML) and on spikes: ATen's NCHW kernel against `gradprobe.fast.cl_pool`'s
@@ -67,72 +64,6 @@ def conv_backward(g: torch.Tensor, x: torch.Tensor, w: torch.Tensor, dtype: torc
         g.to(dtype), x.to(dtype), w.to(dtype), None, [1, 1], [1, 1], [1, 1],
         False, [0, 0], 1, [True, True, False],
     )  # fmt: skip
-
-
-def sparse_token_matmuls(repeats: int) -> None:
-    """`gradprobe.fast.sparse_linear` against MKL's sgemm on spike and residual-stream tokens, by
-    fraction of nonzero inputs, with bias (every token Linear has one)."""
-    from gradprobe.fast import sparse_linear
-
-    if not sparse_linear.available():
-        print("sparse token matmul: no C++ toolchain, skipped")
-        return
-    print("sparse token matmul [M x K] x [K x N]  nonzero   MKL ms  sparse ms  (same bits?)")
-    gen = torch.Generator().manual_seed(0)
-    for m, k, n in [(4096, 384, 384), (4096, 384, 1536), (4096, 1536, 384)]:
-        w, b = torch.randn(n, k, generator=gen) * 0.05, torch.randn(n, generator=gen)
-        for density in (0.02, 0.1, 0.25, 0.4):
-            # the residual stream's small integers; spikes would be 0/1, at the same cost
-            x = torch.randint(1, 4, (m, k), generator=gen).float()
-            x *= torch.rand(m, k, generator=gen) < density
-            dense = seconds(F.linear, (x, w, b), repeats)
-            # the kernel itself, past the density switch (which sends dense inputs to MKL)
-            kc = sparse_linear.block_size(m, k, n, True)
-            if kc is None:
-                print(f"  [{m} x {k}] x [{k} x {n}]: MKL's order not reproduced here, skipped")
-                break
-            wt = w.t().contiguous()
-            sparse = seconds(sparse_linear._kernel, (x, wt, b, kc), repeats)
-            same = torch.equal(sparse_linear._kernel(x, wt, b, kc), F.linear(x, w, b))
-            print(
-                f"  [{m} x {k}] x [{k} x {n}]".ljust(40)
-                + f"{density:6.0%}  {dense * 1e3:8.2f}  {sparse * 1e3:8.2f}   "
-                + f"sparse/MKL time {sparse / dense:.2f}x, bit-equal: {'yes' if same else 'no'}"
-            )
-
-
-def sparse_weight_grads(repeats: int) -> None:
-    """`gradprobe.fast.sparse_linear.weight_grad` against the bfloat16 matmul it replaces in
-    `gradprobe.fast.autograd.TokenLinear`'s backward (operand casts included), by fraction of
-    nonzero inputs; with each one's error against a float64 product."""
-    from gradprobe.fast import sparse_linear
-
-    if not sparse_linear.available():
-        return
-    print("sparse weight gradient g^T x [M x N]^T [M x K]  nonzero  bf16 mm ms  sparse ms")
-    gen = torch.Generator().manual_seed(1)
-
-    def bf16_mm(g, x):
-        return torch.mm(g.bfloat16().t(), x.bfloat16()).float()
-
-    for m, k, n in [(4096, 384, 384), (4096, 384, 1536), (4096, 1536, 384)]:
-        g = torch.randn(m, n, generator=gen)
-        for density in (0.02, 0.05, 0.1, 0.2):
-            x = (torch.rand(m, k, generator=gen) < density).float()
-            dense = seconds(bf16_mm, (g, x), repeats)
-            # the kernel itself, past the density switch (which leaves dense inputs to the mm)
-            sparse = seconds(sparse_linear._module().sparse_weight_grad, (x, g), repeats)
-            want = g.double().t() @ x.double()
-            errors = [
-                ((got.double() - want).norm() / want.norm()).item()
-                for got in (bf16_mm(g, x), sparse_linear._module().sparse_weight_grad(x, g).t())
-            ]
-            print(
-                f"  [{m} x {n}]^T [{m} x {k}]".ljust(46)
-                + f"{density:6.0%}  {dense * 1e3:9.2f}  {sparse * 1e3:9.2f}   "
-                + f"sparse/bf16 time {sparse / dense:.2f}x, relative error "
-                + f"{errors[0]:.1e} (bf16) / {errors[1]:.1e} (sparse)"
-            )
 
 
 def stem_convolutions(repeats: int) -> None:
@@ -225,8 +156,6 @@ def main(argv: list[str] | None = None) -> None:
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU {torch.backends.cpu.get_cpu_capability()}"
     )
     token_matmuls(args.repeats)
-    sparse_token_matmuls(args.repeats)
-    sparse_weight_grads(args.repeats)
     stem_convolutions(args.repeats)
     token_batch_norms(args.repeats)
     max_pools(args.repeats)

@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 
 from benchmarks import official
-from benchmarks.bench import MODES, OFFICIAL_OVER_PORT, Bench, PortAnchor, token_inputs
+from benchmarks.bench import MODES, OFFICIAL_OVER_PORT, Bench, PortAnchor
 from benchmarks.workers import Worker, answer
 from gradprobe.fast import allocator
 
@@ -263,10 +263,7 @@ def fast_path(bench: Bench) -> dict:
         "fused_adamw_fast": bench.fused_adamw,
         "retained_memory_fast": bench.device.type == "cpu" and allocator.available(),
         "pools_fast": "channels-last" if plan.channels_last_pools else "plain",
-        "sparse_matmul_fast": plan.sparse_token_matmul,
     }
-    if plan.sparse_token_matmul:
-        row["token_nonzero_fast"], row["sparse_share_fast"] = token_inputs(bench)
     if bench.device.type != "cpu":
         row["token_bn_fast"] = "model's own"
     elif plan.exact or plan.lif_kernel != "fused-inductor":

@@ -38,8 +38,6 @@ KINDS: dict[str, tuple[str, ...]] = {
         "aten::mkldnn_convolution",
         "aten::convolution_backward",
     ),
-    # the sparse kernel runs inside these autograd Functions: their self time is mostly it
-    "sparse token matmuls (C++ kernel)": ("_TokenLinear", "_TokenLinearBackward"),
     "TorchInductor kernels (LIF, rows-BN, layouts)": ("## Call CompiledFxGraph*",),
     "BatchNorm": ("aten::native_batch_norm", "aten::native_batch_norm_backward"),
     "copies and casts": ("aten::copy_", "aten::clone", "aten::_to_copy", "aten::contiguous"),

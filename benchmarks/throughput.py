@@ -192,12 +192,6 @@ def _print_fast_path(first: dict) -> None:
         f"\nfast path: {first['kernel_fast']} LIF kernel, {first['grad_precision_fast']} gradient "
         f"operands, {first['token_bn_fast']} token BatchNorm, "
         f"{first['step_fast']} train step, {first['pools_fast']} max-pools"
-        + (
-            f", sparse token matmuls ({first['sparse_share_fast']:.0%} of calls; inputs "
-            f"{first['token_nonzero_fast']:.1%} nonzero)"
-            if first.get("sparse_matmul_fast")
-            else ""
-        )
         + (", fused AdamW" if first["fused_adamw_fast"] else "")
         + (", freed memory retained (glibc)" if first["retained_memory_fast"] else "")
         + f"; load average at end {os.getloadavg()}"

@@ -246,7 +246,6 @@ def test_trainer_exact_picks_the_cpu_fast_path(tmp_path, monkeypatch, exact):
     assert env["fused_optimizer"] is not exact  # AdamW fused in fast mode unless exact
     assert env["retained_memory"] is allocator.is_retained()  # opt-in: never set by configure
     assert env["channels_last_pools"] is cl_pool.available()  # bit-identical: exact too
-    assert env["sparse_token_matmul"] is False  # the tokenizer alone has no token Linears
 
 
 @pytest.mark.gpu

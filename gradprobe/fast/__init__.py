@@ -9,7 +9,7 @@ each mode does and which test backs each claim.
 
 Modules: `plan` (`configure`, `StepPlan`, the LIF kernel choice), `swap`, `fused_lif`,
 `kernels`, `autograd` and `layers` (token Linears, convolutions), `token_stream`, `rows_bn`,
-`sparse_linear` (its C++ in ``sparse_linear.cpp``), `cl_pool`, `reference_mode` (with
+`cl_pool`, `reference_mode` (with
 `LoopLIFNode`), `cuda_graph` (`CUDAGraphStep`) and `allocator` (an explicit opt-in).
 
 Names are loaded from their modules on first use (PEP 562), so importing the package is light.
@@ -50,7 +50,7 @@ _EXPORTS = {
     "swap_modules": "gradprobe.fast.swap",
 }
 
-#: Submodules, importable as attributes too (``fast.sparse_linear.stats``).
+#: Submodules, importable as attributes too (``fast.rows_bn.available()``).
 _SUBMODULES = (
     "allocator",
     "autograd",
@@ -62,7 +62,6 @@ _SUBMODULES = (
     "plan",
     "reference_mode",
     "rows_bn",
-    "sparse_linear",
     "swap",
     "token_stream",
 )

@@ -9,9 +9,7 @@ The forwards are the float32 ops reference mode runs (``F.linear`` on contiguous
 * with ``bf16_grads`` (fast mode, not ``exact``, on a CPU with bfloat16 dot products) both take
   bfloat16 operands in their backward (oneDNN accumulates in float32 and rounds the results to
   bfloat16, which are widened to float32), 1.8-3.0x faster than float32
-  (``benchmarks/gemm.py``); biases' gradients are summed in float32;
-* with ``sparse`` the token Linear's forward skips zero inputs (`gradprobe.fast.sparse_linear`,
-  the same bits), and so does its bfloat16-path weight gradient where few inputs are nonzero.
+  (``benchmarks/gemm.py``); biases' gradients are summed in float32.
 
 `gradprobe.fast.layers` calls them from the modules that the fast path swaps in.
 """
@@ -19,8 +17,6 @@ The forwards are the float32 ops reference mode runs (``F.linear`` on contiguous
 from __future__ import annotations
 
 import torch
-
-from gradprobe.fast import sparse_linear
 
 
 def _grad_result(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -31,20 +27,13 @@ class TokenLinear(torch.autograd.Function):
     """``F.linear`` on contiguous tokens ``[M, N, C]``. Backward in float32 as a oneDNN 1x1
     convolution backward (up to 1.5x faster than MKL's sgemm); with ``bf16_grads`` as two
     bfloat16 matmuls (oneDNN: float32 accumulation, bfloat16 results widened to float32), which
-    beat the bfloat16 convolution by skipping its layout reorders. With ``sparse`` the forward
-    skips zero inputs (`gradprobe.fast.sparse_linear.linear`, the same bits), and with
-    ``bf16_grads`` so does the weight gradient where few inputs are nonzero
-    (`gradprobe.fast.sparse_linear.weight_grad`: float32 sums, more precise than the bfloat16
-    matmul; the float32 backward keeps oneDNN's, whose rounding ``exact`` runs reproduce)."""
+    beat the bfloat16 convolution by skipping its layout reorders."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, bf16_grads=False, sparse=False):
+    def forward(ctx, x, weight, bias, bf16_grads=False):
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
         ctx.bf16 = bf16_grads
-        ctx.sparse = sparse
-        if sparse:  # the same bits, zero inputs skipped
-            return sparse_linear.linear(x, weight, bias)
         return torch.nn.functional.linear(x, weight, bias)
 
     @staticmethod
@@ -53,19 +42,16 @@ class TokenLinear(torch.autograd.Function):
         M, N, C = x.shape
         out = weight.shape[0]
         bias_grad = ctx.has_bias and ctx.needs_input_grad[2]
-        gw = None
-        if ctx.sparse and ctx.bf16 and ctx.needs_input_grad[1]:  # float32 sums over nonzeros
-            gw = sparse_linear.weight_grad(x.reshape(M * N, C), grad_y.reshape(M * N, out))
         if ctx.bf16:
             g2 = grad_y.reshape(M * N, out).to(torch.bfloat16)
-            gx = gb = None
+            gx = gw = gb = None
             if ctx.needs_input_grad[0]:
                 gx = torch.mm(g2, weight.to(torch.bfloat16)).float().view(M, N, C)
-            if ctx.needs_input_grad[1] and gw is None:
+            if ctx.needs_input_grad[1]:
                 gw = torch.mm(g2.t(), x.reshape(M * N, C).to(torch.bfloat16)).float()
             if bias_grad:  # summed in float32
                 gb = grad_y.sum((0, 1))
-            return gx, gw, gb, None, None
+            return gx, gw, gb, None
         grad_y = grad_y.contiguous()
         # [M, N, C] memory read as a channels-last [M, C, N, 1] map: no copy.
         x4 = x.view(M, N, 1, C).permute(0, 3, 1, 2)
@@ -76,7 +62,7 @@ class TokenLinear(torch.autograd.Function):
         )
         gx = gx.permute(0, 2, 3, 1).reshape(M, N, C) if gx is not None else None
         gw = gw.reshape(out, C) if gw is not None else None
-        return gx, gw, gb, None, None
+        return gx, gw, gb, None
 
 
 class BF16GradConv(torch.autograd.Function):

@@ -16,7 +16,7 @@ import torch
 from spikingjelly.activation_based import layer
 from torch import nn
 
-from gradprobe.fast import rows_bn, sparse_linear
+from gradprobe.fast import rows_bn
 from gradprobe.fast.autograd import BF16GradConv, TokenLinear
 from gradprobe.fast.swap import replaces
 from gradprobe.models.layers import PointwiseBN
@@ -60,14 +60,13 @@ class FastConv1d(_FastConvMixin, layer.Conv1d):
 FAST_CONVS = {layer.Conv2d: FastConv2d, layer.Conv1d: FastConv1d}
 
 
-@replaces(PointwiseBN, options=("exact", "bf16_grads", "compiled", "sparse"))
+@replaces(PointwiseBN, options=("exact", "bf16_grads", "compiled"))
 class FastPointwiseBN(PointwiseBN):
     """`PointwiseBN` whose ``"linear"`` kind (Spikformer CIFAR's tokens) runs fast on CPU.
 
     Same parameters and maths as `PointwiseBN`. The Linear runs on the ``[T·B, N, C]`` token
-    memory (a view of channels-last maps, no copy) with the backward of `TokenLinear`; with
-    ``sparse`` its forward (training and eval) skips zero inputs and keeps ``F.linear``'s bits
-    (`gradprobe.fast.sparse_linear`); under CPU autocast it is oneDNN's bfloat16 matmul. The
+    memory (a view of channels-last maps, no copy) with the backward of `TokenLinear`; under
+    CPU autocast it is oneDNN's bfloat16 matmul. The
     BatchNorm runs on the contiguous ``[T·B·N, C']`` rows with
     `gradprobe.fast.rows_bn.rows_batch_norm`, whose output is reference mode's (BN on the transposed
     view) bit for bit, 4x faster. ``exact`` (class attribute or per instance) keeps reference
@@ -79,10 +78,9 @@ class FastPointwiseBN(PointwiseBN):
     exact: bool = True
     bf16_grads: bool = False
     compiled: bool = False
-    sparse: bool = False
 
     def extra_repr(self) -> str:
-        flags = ("exact", "bf16_grads", "compiled", "sparse")
+        flags = ("exact", "bf16_grads", "compiled")
         return ", ".join(f"{name}={getattr(self, name)}" for name in flags)
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
@@ -101,10 +99,9 @@ class FastPointwiseBN(PointwiseBN):
         # [T·B, N, C] tokens: a view when x_seq is channels-last (a FastPointwiseBN output)
         tokens = x_seq.flatten(3).transpose(-1, -2).reshape(T * B, H * W, C)
         if grad and not autocast:
-            y = TokenLinear.apply(tokens, proj.weight, proj.bias, self.bf16_grads, self.sparse)
-        else:  # sparse_linear.linear is F.linear under autocast
-            linear = sparse_linear.linear if self.sparse else torch.nn.functional.linear
-            y = linear(tokens, proj.weight, proj.bias)
+            y = TokenLinear.apply(tokens, proj.weight, proj.bias, self.bf16_grads)
+        else:
+            y = torch.nn.functional.linear(tokens, proj.weight, proj.bias)
         rows = y.view(-1, y.shape[-1])  # [T·B·N, C']
         if not (bn._forward_hooks or bn._forward_pre_hooks):
             if autocast:

@@ -11,8 +11,7 @@ returns a `StepPlan` that says how to step the model. In fast mode:
 * modules run their own forwards (broadcast input over T, no copy-back reshapes, attention as
   ``Q·(Kᵀ·V)``);
 * on CPU the token Linears and their BatchNorms (`gradprobe.fast.layers.FastPointwiseBN`) read
-  the token memory without a copy, skip zero inputs (`gradprobe.fast.sparse_linear`, not
-  ``exact``) and normalise contiguous rows (`gradprobe.fast.rows_bn`, not ``exact``), with
+  the token memory without a copy and normalise contiguous rows (`gradprobe.fast.rows_bn`, not ``exact``), with
   reference mode's forward bits; unless ``exact``, Spikformer's residual stream is held in
   token memory order (`gradprobe.fast.token_stream`); every max-pool pools through
   channels-last memory (`gradprobe.fast.cl_pool`, the same values, indices and gradients);
@@ -54,7 +53,7 @@ import torch
 from spikingjelly.activation_based import layer, neuron
 from torch import nn
 
-from gradprobe.fast import MODES, allocator, cl_pool, sparse_linear
+from gradprobe.fast import MODES, allocator, cl_pool
 from gradprobe.fast.fused_lif import FusedLIFNode
 from gradprobe.fast.kernels import compiler_available
 from gradprobe.fast.layers import FAST_CONVS, FastPointwiseBN
@@ -98,9 +97,6 @@ class StepPlan:
             `gradprobe.fast.allocator.retain_freed_memory`; `configure` never sets it).
         channels_last_pools: Whether the model's max-pools pool through channels-last memory
             (`gradprobe.fast.cl_pool`; fast mode on CPU, with TorchInductor).
-        sparse_token_matmul: Whether the token Linears' forward skips zero inputs with
-            `gradprobe.fast.sparse_linear` (the same bits; fast mode on CPU with a C++ toolchain,
-            unless exact, for models with token Linears: Spikformer CIFAR).
     """
 
     mode: str
@@ -113,7 +109,6 @@ class StepPlan:
     grad_precision: str = "fp32"
     retained_memory: bool = False
     channels_last_pools: bool = False
-    sparse_token_matmul: bool = False
 
     def autocast(self, cache: bool = True) -> contextlib.AbstractContextManager:
         """Context for forward + loss (a no-op in float32); ``cache=False`` while capturing a
@@ -253,12 +248,9 @@ def configure(
     ) and not on_cuda
     bf16_grads = not (on_cuda or exact) and cpu_has_native_bf16()
     count = set_lif_kernel(model, "fused", compiled=compiled, bf16_margin=bf16_grads)
-    sparse = pools = False
+    pools = False
     if not on_cuda:  # the CPU layers; on CUDA the model's own run
-        linears = any(isinstance(m, PointwiseBN) and m.kind == "linear" for m in model.modules())
-        # exact keeps the stream in NCHW order, whose strided tokens keep F.linear anyway
-        sparse = linears and compiled and not exact and sparse_linear.available()
-        options = dict(exact=bool(exact), bf16_grads=bf16_grads, compiled=compiled, sparse=sparse)
+        options = dict(exact=bool(exact), bf16_grads=bf16_grads, compiled=compiled)
         swap_modules(model, {PointwiseBN: FastPointwiseBN}, **options)
         if not exact:
             install_token_stream(model)
@@ -278,5 +270,4 @@ def configure(
         grad_precision="bf16" if bf16_grads else "fp32",
         retained_memory=allocator.is_retained(),
         channels_last_pools=pools,
-        sparse_token_matmul=sparse,
     )
