@@ -12,9 +12,10 @@ Example:
 
 from __future__ import annotations
 
-import importlib
 from importlib.metadata import PackageNotFoundError, version
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from gradprobe._lazy import lazy_attributes
 
 try:
     __version__ = version("gradprobe")
@@ -66,14 +67,4 @@ if TYPE_CHECKING:
     from gradprobe.probe import Probe, attach_probe, find_sites, summarize
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_attributes(__name__, globals(), _EXPORTS)
