@@ -7,8 +7,8 @@ build, resume, train, record.
 
 How a step computes is `gradprobe.fast`'s plan, chosen by ``trainer.mode`` (``fast``: fused LIF
 kernels; ``reference``: the official code's per-timestep loop and reshapes); precision is
-``trainer.amp`` alone (`ablations.build.precision`). On CPU both modes run float32 and fire
-the same spikes.
+``trainer.amp`` alone (`ablations.build.precision`). On CPU both modes run float32, and for the
+same weights they fire the same spikes.
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
 from ablations.store import SCHEMA, write_run
+from gradprobe.labels import BUILTIN_ORDER
 
 CONFIGS = [  # (dataset, L_D, T)
     *[(d, m, 4) for d in ("cifar10", "cifar100") for m in ("4_256", "2_384", "4_384")],
@@ -33,7 +34,7 @@ CONFIGS = [  # (dataset, L_D, T)
     *[(d, "2_256", t) for d in ("cifar10_dvs", "dvs128_gesture") for t in (10, 16)],
 ]
 FAMILIES = ("spikformer", "spikingformer")
-VARIANTS = ("lif_maxpool", "maxpool_lif", "avgpool_lif", "strided_conv")
+VARIANTS = BUILTIN_ORDER
 SITES = ("stage1", "stage2", "stage3", "stage4")
 STEMS = {"cifar10": "cifar", "cifar100": "cifar", "imagenet": "imagenet", "cifar10_dvs": "dvs",
          "dvs128_gesture": "dvs"}  # fmt: skip

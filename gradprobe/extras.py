@@ -1,7 +1,7 @@
 """One-line errors for a command whose optional dependencies are not installed.
 
-The library installs alone (``pip install gradprobe``); the harness, the reports and the CPU
-kernels are extras (``pyproject.toml``). A command that needs one says which, before it imports
+The library installs alone (``pip install .``); the harness and the reports are extras
+(``pyproject.toml``). A command that needs one says which, before it imports
 anything that would fail with a traceback.
 """
 
