@@ -1,5 +1,5 @@
 """Package attributes loaded from their modules on first use (PEP 562), for package roots that
-must stay light to import (`gradprobe`, `gradprobe.fast`)."""
+must stay light to import (`gradprobe` and its speed subpackage)."""
 
 from __future__ import annotations
 
