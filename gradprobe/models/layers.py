@@ -12,7 +12,6 @@ flattens ``H·W`` into ``N`` tokens internally.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
@@ -21,7 +20,7 @@ import torch
 from spikingjelly.activation_based import layer
 from torch import nn
 
-from gradprobe.downsample import ConvBNLIF, PoolSpec, build_downsample, check_sequence
+from gradprobe.downsample import check_sequence
 from gradprobe.models.base import SpikingClassifier
 from gradprobe.neuron import NeuronConfig, make_neuron
 
@@ -231,34 +230,6 @@ class TransformerBlock(nn.Module):
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         x_seq = x_seq + self.attn(x_seq)
         return x_seq + self.mlp(x_seq)
-
-
-def stem_stages(
-    in_channels: int,
-    embed_dim: int,
-    n_sites: int,
-    downsample: str,
-    *,
-    neuron: NeuronConfig | None = None,
-    pool: PoolSpec | None = None,
-) -> nn.Sequential:
-    """The four conv-BN-LIF stages ``C → D/8 → D/4 → D/2 → D`` that both stems share.
-
-    The last ``n_sites`` stages are downsampling sites of variant ``downsample`` (2 on CIFAR,
-    4 on ImageNet/DVS); the others are plain ConvBN-LIF. Stages are named ``stage1``..``stage4``.
-    """
-    if embed_dim % 8:
-        raise ValueError(f"embed_dim {embed_dim} must be divisible by 8 (stem widths D/8..D)")
-    widths = [in_channels, embed_dim // 8, embed_dim // 4, embed_dim // 2, embed_dim]
-    stages = OrderedDict()
-    for i in range(4):
-        if i >= 4 - n_sites:
-            stages[f"stage{i + 1}"] = build_downsample(
-                downsample, widths[i], widths[i + 1], neuron=neuron, pool=pool
-            )
-        else:
-            stages[f"stage{i + 1}"] = ConvBNLIF(widths[i], widths[i + 1], neuron=neuron)
-    return nn.Sequential(stages)
 
 
 def init_transformer_weights(module: nn.Module) -> None:

@@ -14,6 +14,7 @@ random initialisation follow from the recipe alone.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import ClassVar, Literal, Self
@@ -21,7 +22,7 @@ from typing import ClassVar, Literal, Self
 import torch
 from torch import nn
 
-from gradprobe.downsample import PoolSpec
+from gradprobe.downsample import ConvBNLIF, PoolSpec, build_downsample
 from gradprobe.models.layers import (
     PointwiseKind,
     SpikingMLP,
@@ -31,15 +32,15 @@ from gradprobe.models.layers import (
     get_form,
     init_transformer_weights,
     resolve_neuron,
-    stem_stages,
 )
 from gradprobe.neuron import NeuronConfig
 
 
 class Stem(nn.Module):
-    """`stem_stages` (four conv-BN-LIF stages, the last ``n_sites`` of them downsampling sites of
-    variant ``downsample``), then the family's last layer, which subclasses add in `build_tail`
-    and use in ``forward``."""
+    """Four conv-BN-LIF stages ``C → D/8 → D/4 → D/2 → D`` named ``stage1``..``stage4``, the last
+    ``n_sites`` of them downsampling sites of variant ``downsample`` (2 on CIFAR, 4 on
+    ImageNet/DVS), then the family's last layer, which subclasses add in `build_tail` and use in
+    ``forward``."""
 
     def __init__(
         self,
@@ -52,9 +53,18 @@ class Stem(nn.Module):
         pool: PoolSpec | None = None,
     ) -> None:
         super().__init__()
-        self.stages = stem_stages(
-            in_channels, embed_dim, n_sites, downsample, neuron=neuron, pool=pool
-        )
+        if embed_dim % 8:
+            raise ValueError(f"embed_dim {embed_dim} must be divisible by 8 (stem widths D/8..D)")
+        widths = [in_channels, embed_dim // 8, embed_dim // 4, embed_dim // 2, embed_dim]
+        stages = OrderedDict()
+        for i in range(4):
+            if i >= 4 - n_sites:
+                stages[f"stage{i + 1}"] = build_downsample(
+                    downsample, widths[i], widths[i + 1], neuron=neuron, pool=pool
+                )
+            else:
+                stages[f"stage{i + 1}"] = ConvBNLIF(widths[i], widths[i + 1], neuron=neuron)
+        self.stages = nn.Sequential(stages)
         self.build_tail(embed_dim, neuron)
 
     def build_tail(self, embed_dim: int, neuron: NeuronConfig | None) -> None:
