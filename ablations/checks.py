@@ -118,6 +118,7 @@ def check_config(cfg: DictConfig) -> int:
     _positive("trainer.epochs", cfg.trainer.epochs)
     _positive("trainer.max_steps_per_epoch", cfg.trainer.max_steps_per_epoch, allow_none=True)
     _positive("trainer.cpu_threads", cfg.trainer.cpu_threads, allow_none=True)
+    _positive("trainer.lock_lease_s", cfg.trainer.lock_lease_s)
     if cfg.probe.name == "landing":
         _positive("probe.every", cfg.probe.every)
     device = str(cfg.trainer.device)

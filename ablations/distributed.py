@@ -10,12 +10,37 @@ Two ways to start the processes, nothing else to configure:
 Every rank trains on its own slice of each epoch's shuffled order and evaluates its own slice of
 the test set; sums are all-reduced, so the numbers are those of the global batch. With
 ``trainer.ddp=false`` (the default) everything here is a no-op.
+
+When a rank fails, the job ends on every rank, with the error recorded once. No rank waits for
+another at a collective for longer than ``trainer.ddp_timeout_s`` (the process group's timeout).
+Messages about the end of the job go through the job's rendezvous key-value store (the
+``TCPStore`` at ``MASTER_ADDR:MASTER_PORT``), never through a collective that a dead rank could
+leave hanging:
+
+1. a rank that raises (`Dist.fail`) posts ``rank <r>: <error>`` to the store unless another rank
+   posted first (``compare_set``: the first error is the cause, later ones are its echoes), then
+   leaves the process group at once. Over gloo its peers' pending collective then fails within
+   seconds ("connection closed by peer"); over NCCL within the timeout (NCCL's watchdog);
+2. those peers raise in turn and call `Dist.fail`, which hands them the first error;
+3. rank 0 records the first error in the results store; in `Dist.close` it waits (at most the
+   timeout) until every rank has said it is done, then posts ``closed``: whether it recorded a
+   failure. The other ranks wait for ``closed`` (at most twice the timeout) before they leave, so
+   that torchrun, which stops all ranks once one exits with an error, never cuts rank 0 short;
+4. a failed rank other than 0 that hears no ``closed`` with a recorded failure (rank 0 died, hung,
+   or had finished before this rank failed) records the first error itself.
+
+Over gloo a failing rank ends the job in seconds; over NCCL in at most about twice
+``trainer.ddp_timeout_s`` (default 600 s, NCCL's own default; raise it when a rank may wait longer
+at a collective, e.g. while another rank scans a large dataset folder for the first time).
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import secrets
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as torch_dist
@@ -23,6 +48,10 @@ from omegaconf import DictConfig
 from torch import nn
 
 from ablations.checks import ConfigError
+
+log = logging.getLogger(__name__)
+#: What a store operation raises when the store or a peer is gone (DistError is a RuntimeError).
+STORE_ERRORS = (RuntimeError, OSError)
 
 
 @dataclass
@@ -33,6 +62,10 @@ class Dist:
     world: int = 1
     local_rank: int = 0
     initialized: bool = False
+    timeout_s: float = 600.0
+    store: torch_dist.Store | None = None  # the job's rendezvous store (DDP only)
+    key: str = ""  # this run's prefix in the store
+    failed: bool = False  # this rank called `fail`
 
     @property
     def is_main(self) -> bool:
@@ -43,6 +76,11 @@ class Dist:
         """Join the process group when ``cfg.ddp`` is true (the ``trainer`` group)."""
         if not cfg.ddp:
             return cls()
+        timeout_s = cfg.ddp_timeout_s
+        if isinstance(timeout_s, bool) or not isinstance(timeout_s, int) or timeout_s <= 0:
+            raise ConfigError(
+                f"trainer.ddp_timeout_s must be a positive integer, got {timeout_s!r}"
+            )
         if "RANK" not in os.environ and "SLURM_PROCID" in os.environ:
             from submitit.helpers import TorchDistributedEnvironment
 
@@ -54,12 +92,23 @@ class Dist:
                 "launcher=slurm with hydra.launcher.tasks_per_node=N"
             )
         backend = "nccl" if torch.cuda.is_available() else "gloo"
+        timeout = timedelta(seconds=timeout_s)
         if not torch_dist.is_initialized():
-            torch_dist.init_process_group(backend=backend)
+            torch_dist.init_process_group(backend=backend, timeout=timeout)
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
         if torch.cuda.is_available():
             torch.cuda.set_device(local_rank)
-        return cls(torch_dist.get_rank(), torch_dist.get_world_size(), local_rank, True)
+        store = torch_dist.TCPStore(
+            os.environ["MASTER_ADDR"],
+            int(os.environ["MASTER_PORT"]),
+            is_master=False,
+            timeout=timeout,
+            wait_for_workers=False,
+        )
+        dist = cls(torch_dist.get_rank(), torch_dist.get_world_size(), local_rank, True, timeout_s)
+        dist.store = store
+        dist.key = f"gradprobe/{dist.broadcast(secrets.token_hex(8))}/"  # one run's messages
+        return dist
 
     def wrap(self, module: nn.Module, device: torch.device) -> nn.Module:
         """``module`` on ``device``, inside DistributedDataParallel when there are several ranks."""
@@ -76,7 +125,65 @@ class Dist:
             torch_dist.all_reduce(tensor)
         return tensor
 
+    def broadcast(self, value: object) -> object:
+        """Rank 0's ``value`` (any picklable object) on every rank."""
+        if self.world == 1:
+            return value
+        box = [value]
+        torch_dist.broadcast_object_list(box)
+        return box[0]
+
+    def fail(self, message: str) -> str | None:
+        """Report that this rank's run failed; returns the error to record here, or ``None``.
+
+        The error to record is the first one any rank reported (``rank <r>: ...``). Rank 0 always
+        records it; another rank only when rank 0 does not confirm that it has (module docstring).
+        """
+        if not self.initialized:
+            return message
+        self.failed, mine = True, f"rank {self.rank}: {message}"
+        try:
+            first = self.store.compare_set(self.key + "error", "", mine).decode()
+            self.store.set(f"{self.key}done/{self.rank}", "failed")
+        except STORE_ERRORS:
+            first = mine
+        self._leave()  # no barrier: the others' pending collective fails instead of hanging
+        if self.is_main:
+            return first
+        return None if self._closed() == "recorded" else first
+
     def close(self) -> None:
-        if self.initialized and torch_dist.is_initialized():
-            torch_dist.barrier()
+        """Leave the job: rank 0 once every rank is done, the others once rank 0 has closed."""
+        if not self.initialized:
+            return
+        if not self.failed:
+            self._post(f"{self.key}done/{self.rank}", "finished")
+        if self.is_main:
+            done = [f"{self.key}done/{r}" for r in range(self.world)]
+            try:
+                self.store.wait(done, timedelta(seconds=self.timeout_s))
+            except STORE_ERRORS:
+                log.warning("not every rank ended within %.0f s", self.timeout_s)
+            self._post(self.key + "closed", "recorded" if self.failed else "finished")
+        elif not self.failed:
+            self._closed()
+        self._leave()
+        self.initialized = False
+
+    def _post(self, key: str, value: str) -> None:
+        try:
+            self.store.set(key, value)
+        except STORE_ERRORS:
+            log.warning("could not post %s to the job's store", key)
+
+    def _closed(self) -> str | None:
+        """Rank 0's ``closed`` message, waited for at most twice the timeout."""
+        try:
+            self.store.wait([self.key + "closed"], timedelta(seconds=2 * self.timeout_s + 30))
+            return self.store.get(self.key + "closed").decode()
+        except STORE_ERRORS:
+            return None
+
+    def _leave(self) -> None:
+        if torch_dist.is_initialized():
             torch_dist.destroy_process_group()

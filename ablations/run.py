@@ -2,8 +2,9 @@
 
 `run_job` never raises for a run that goes wrong: the run is recorded as failed in the results
 store (one line saying why) and the sweep goes on. A run the store marks finished is skipped; a
-run with a checkpoint resumes from it (`ablations.state`). `fit` is the story of one run:
-build, resume, train, record.
+run with a checkpoint resumes from it (`ablations.state`). A run that another process is
+training is skipped, and not a failure: the trainer holds the run's lock (`ablations.lock`).
+`fit` is the story of one run: build, resume, train, record.
 
 How a step computes is `gradprobe.fast`'s plan, chosen by ``trainer.mode`` (``fast``: fused LIF
 kernels; ``reference``: the official code's per-timestep loop and reshapes); precision is
@@ -34,6 +35,7 @@ from ablations.build import (
 )
 from ablations.checks import ConfigError, check_config
 from ablations.distributed import Dist
+from ablations.lock import LOCK_NAME, RunLock
 from ablations.loop import NonFiniteLossError, total_epochs, train_epochs
 from ablations.rundir import RunRecord
 from ablations.state import resume, seed_everything
@@ -98,6 +100,9 @@ def run_job(cfg: DictConfig, run_dir: Path, sweep_dir: Path, job_num: int = 0) -
         run_dir: The job's directory (its name is the run id).
         sweep_dir: The sweep directory holding ``results/``.
         job_num: The job's number in the sweep (GPU choice with ``trainer.gpu_by_job_num``).
+
+    Returns:
+        ``finished``, ``failed``, or ``skipped`` (another process holds the run's lock).
     """
     try:
         dist = Dist.from_config(cfg.trainer)
@@ -108,8 +113,9 @@ def run_job(cfg: DictConfig, run_dir: Path, sweep_dir: Path, job_num: int = 0) -
     if not dist.is_main:
         log.setLevel(logging.WARNING)  # one voice per run: rank 0 reports progress
     record = RunRecord(run_dir, sweep_dir, store_identity(cfg, None), writes=dist.is_main)
+    lock: RunLock | None = None
     try:
-        previous = record.previous()
+        previous = dist.broadcast(record.previous())  # every rank decides as rank 0 does
         if previous and previous["status"] == "finished" and not cfg.trainer.rerun_finished:
             final = previous.get("final") or {}
             log.info(
@@ -120,18 +126,50 @@ def run_job(cfg: DictConfig, run_dir: Path, sweep_dir: Path, job_num: int = 0) -
             return "finished"
         T = check_config(cfg)
         record.doc.update(store_identity(cfg, T))
+        lock = RunLock(record.run_dir / LOCK_NAME, lease_s=cfg.trainer.lock_lease_s)
+        if skip := claim(lock, record, cfg.trainer, dist):
+            return skip
         with torch_settings(cfg.trainer):
             fit(cfg, record, pick_device(cfg.trainer, job_num, dist), dist, T)
         return "finished"
     except (ConfigError, DataNotFoundError, NonFiniteLossError) as err:
         log.error("%s failed: %s", record.run_id, err)
-        record.fail(str(err))
+        record_failure(record, dist, str(err))
     except Exception as err:
         log.exception("%s failed", record.run_id)
-        record.fail(f"{type(err).__name__}: {err}")
+        record_failure(record, dist, f"{type(err).__name__}: {err}")
     finally:
+        if lock is not None:
+            lock.release()
         dist.close()
     return "failed"
+
+
+def claim(lock: RunLock, record: RunRecord, tcfg: DictConfig, dist: Dist) -> str | None:
+    """Take the run's lock (rank 0, for every rank); the status to return instead of training.
+
+    ``None``: this process trains the run. ``skipped``: another process holds the lock (nothing
+    is written). ``finished``: the lock's last holder finished the run while we looked.
+    """
+    skip = None
+    if dist.is_main:
+        holder = lock.acquire()
+        previous = record.previous() if holder is None else None
+        if holder is not None:
+            log.info("%s: skipped, being trained by %s", record.run_id, holder.describe())
+            skip = "skipped"
+        elif previous and previous["status"] == "finished" and not tcfg.rerun_finished:
+            log.info("%s: finished meanwhile by another process, skipped", record.run_id)
+            skip = "finished"
+    return dist.broadcast(skip)
+
+
+def record_failure(record: RunRecord, dist: Dist, message: str) -> None:
+    """Record the run failed, once: under DDP with the first error of any rank (`Dist.fail`)."""
+    first = dist.fail(message)
+    if first is not None:
+        record.writes = True  # rank 0, or another rank when rank 0 could not record it
+        record.fail(first)
 
 
 def fit(cfg: DictConfig, record: RunRecord, device: torch.device, dist: Dist, T: int) -> None:

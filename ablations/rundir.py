@@ -9,6 +9,7 @@ A run directory ``<sweep dir>/<run_id>/`` holds::
     summary.json         final numbers, once the run finished
     checkpoints/last.pt  everything needed to resume, rewritten atomically after every epoch
     train.log            Hydra's log of the job
+    trainer.lock         who trains the run now (`ablations.lock`), while it trains
 
 and ``<sweep dir>/results/<run_id>.json`` (`ablations.store`) is rewritten after every epoch.
 Every file is written through `ablations.store.write_atomic`, so a kill leaves the old or the

@@ -72,6 +72,43 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
 
 
 @pytest.mark.slow
+def test_two_identical_sweeps_into_one_folder_train_each_run_once(tmp_path):
+    """Two copies of one quickstart sweep started together share its four runs (`ablations.lock`)
+    and leave the documents of one sweep; a third copy into its own folder is the reference."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    tiny = ["-m", "experiment=quickstart", "debug=tiny", "~model.kwargs.depth"]
+    tiny += ["~model.kwargs.num_heads"]  # the quickstart's block settings do not fit debug=tiny
+
+    def sweep(where: Path) -> subprocess.Popen:
+        cmd = [sys.executable, "-m", "ablations.train", *tiny, f"paths.sweeps={where}"]
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)  # fmt: skip
+
+    procs = [sweep(tmp_path / "shared"), sweep(tmp_path / "shared"), sweep(tmp_path / "single")]
+    outputs = [proc.communicate(timeout=600)[0] for proc in procs]
+    for proc, output in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, output[-3000:]
+    shared = tmp_path / "shared" / "quickstart"
+    runs = {doc["run_id"]: doc for doc in store.iter_runs(shared)}
+    assert len(runs) == 4 and {doc["status"] for doc in runs.values()} == {"finished"}
+    two = outputs[0].splitlines() + outputs[1].splitlines()
+    for run_id in runs:
+        mine = [line for line in two if f"- {run_id}: " in line]
+        assert sum(f"{run_id}: epoch 1/3 " in line for line in mine) == 1, run_id  # trained once
+        assert sum("skipped" in line for line in mine) == 1, run_id  # and skipped by the other
+        log = (shared / run_id / "train.log").read_text().splitlines()
+        assert sum(f"{run_id}: epoch 1/3 " in line for line in log) == 1
+        assert sum("skipped" in line for line in log) == 1
+        assert not (shared / run_id / "trainer.lock").exists()
+    # the later of the two meets a run that the other is training, at least once
+    assert any(": skipped, being trained by host " in line for line in two), two
+    diff = subprocess.run([sys.executable, "-m", "reports", "diff", str(shared),
+                           str(tmp_path / "single" / "quickstart")], cwd=ROOT, env=env,
+                          capture_output=True, text=True)  # fmt: skip
+    assert diff.returncode == 0, diff.stdout + diff.stderr
+
+
+@pytest.mark.slow
 def test_ddp_over_two_cpu_processes(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [
