@@ -29,6 +29,7 @@ from omegaconf import DictConfig  # noqa: E402
 
 from ablations import configs  # noqa: E402
 from ablations.callbacks import ExitStatus  # noqa: E402
+from ablations.isolate import needs_child, run_in_child  # noqa: E402
 from ablations.run import run_job  # noqa: E402
 
 configs.register_configs()
@@ -40,6 +41,9 @@ def train(cfg: DictConfig) -> str:
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     job_num = hc.job.num if hc.mode == RunMode.MULTIRUN else 0
+    if needs_child(cfg):  # trainer.exact on CPU: portable numerics need a fresh process
+        log_file = run_dir / f"{hc.job.name}.log"
+        return run_in_child(cfg, run_dir, run_dir.parent, job_num, log_file)
     return run_job(cfg, run_dir, run_dir.parent, job_num=job_num)
 
 
