@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -57,7 +59,9 @@ def run_in_child(
 ) -> str:
     """Train the job in a portable child process and return its status."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    spec = run_dir / ".isolate.json"
+    handle, name = tempfile.mkstemp(prefix="gradprobe-job-", suffix=".json")
+    os.close(handle)
+    spec = Path(name)
     spec.write_text(
         json.dumps(
             {
@@ -72,11 +76,13 @@ def run_in_child(
     log.info("%s: exact CPU run, training in a process with portable numerics", run_dir.name)
     for handler in logging.getLogger().handlers:
         handler.flush()
-    code = subprocess.call(
-        [sys.executable, "-m", "ablations.isolate", str(spec)],
-        env=portable.child_environment(),
-    )
-    spec.unlink(missing_ok=True)
+    try:
+        code = subprocess.call(
+            [sys.executable, "-m", "ablations.isolate", str(spec)],
+            env=portable.child_environment(),
+        )
+    finally:
+        spec.unlink(missing_ok=True)
     by_code = {v: k for k, v in STATUS_CODES.items()}
     if code not in by_code:
         log.error("%s: the portable process ended with exit status %d", run_dir.name, code)
