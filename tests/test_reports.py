@@ -293,7 +293,7 @@ def test_corrupt_file_stops_the_build_or_is_skipped_with_a_warning(tmp_path):
     (tmp_path / "results" / "broken.json").write_text('{"schema": "gradprobe.run/1", "run_')
     with (
         pytest.warns(UserWarning, match="broken.json"),
-        pytest.raises(BadResultsError, match="broken.json: Unterminated string"),
+        pytest.raises(BadResultsError, match=r"broken\.json: Unterminated string"),
     ):
         build_report(tmp_path, tmp_path / "out", figures=False)
     assert not (tmp_path / "out").exists()
