@@ -21,7 +21,7 @@ import math
 import os
 import shutil
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 
 import torch
@@ -103,7 +103,8 @@ def reject(run_dir: Path, err: Exception) -> str:
     """A run whose config cannot train: one line on the console and nothing in the results store.
 
     The folder Hydra made for the job (its ``.hydra`` and log) is removed when it holds nothing
-    else, so a rejected config leaves no trace; an earlier attempt's files are left alone.
+    else, and so is the sweep folder above it when that is then empty, so a rejected config
+    leaves no trace; an earlier attempt's files are left alone.
     """
     log.error("%s rejected before training: %s", run_dir.name, err)
     try:
@@ -112,6 +113,8 @@ def reject(run_dir: Path, err: Exception) -> str:
         return "rejected"
     if all(name == ".hydra" or name.endswith(".log") for name in names):
         shutil.rmtree(run_dir, ignore_errors=True)
+        with suppress(OSError):  # the sweep folder Hydra made for it, if nothing else is there
+            run_dir.parent.rmdir()
     return "rejected"
 
 

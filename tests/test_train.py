@@ -209,14 +209,14 @@ def test_missing_data_is_rejected_before_the_model_is_built(tmp_path, monkeypatc
 
 
 def test_a_rejected_job_leaves_no_folder_but_an_earlier_runs_files_stay(tmp_path):
-    hydra_made = tmp_path / "made"
+    hydra_made = tmp_path / "sweep" / "made"  # what Hydra writes before the job starts
     (hydra_made / ".hydra").mkdir(parents=True)
     (hydra_made / "train.log").write_text("")
-    assert run.run_job(config("seed=-1"), hydra_made, tmp_path) == "rejected"
-    assert not hydra_made.exists()
-    earlier = tmp_path / "earlier"
+    assert run.run_job(config("seed=-1"), hydra_made, hydra_made.parent) == "rejected"
+    assert not (tmp_path / "sweep").exists()
+    earlier = tmp_path / "sweep" / "earlier"
     (earlier / "checkpoints").mkdir(parents=True)
-    assert run.run_job(config("seed=-1"), earlier, tmp_path) == "rejected"
+    assert run.run_job(config("seed=-1"), earlier, earlier.parent) == "rejected"
     assert (earlier / "checkpoints").is_dir()
 
 
