@@ -27,8 +27,8 @@ class ExitStatus(Callback):
     command whose jobs are all rejected stops there with status 1 (nothing written);
     otherwise the rejected runs are printed now, kept in ``rejected`` and named again at the end
     (the jobs reject them again and record nothing). A job that its own process rejects adds
-    itself too (``train``; in this process only, which covers every job the preflight could
-    not foresee under the basic launcher).
+    itself too (``train``; in this process only: under the basic launcher every job, under
+    joblib or Slurm only those the preflight saw).
 
     The command also puts a fresh invocation id in the environment
     (`ablations.store.INVOCATION_ENV`). Every job inherits it wherever it runs: in this process

@@ -97,6 +97,8 @@ def store_identity(cfg: DictConfig, T: int | None) -> dict:
 
 #: Errors that reject a config before training: nothing is recorded for such a run.
 REJECTED = (ConfigError, DataNotFoundError)
+#: Why this process rejected each run id (the command's summary names them: `ablations.train`).
+REJECTIONS: dict[str, str] = {}
 
 
 def reject(run_dir: Path, err: Exception) -> str:
@@ -107,6 +109,7 @@ def reject(run_dir: Path, err: Exception) -> str:
     leaves no trace; an earlier attempt's files are left alone.
     """
     log.error("%s rejected before training: %s", run_dir.name, err)
+    REJECTIONS[run_dir.name] = str(err)
     try:
         names = os.listdir(run_dir)
     except OSError:

@@ -38,7 +38,7 @@ from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 from ablations import configs  # noqa: E402
 from ablations.callbacks import ExitStatus  # noqa: E402
 from ablations.preflight import one_line  # noqa: E402
-from ablations.run import run_job  # noqa: E402
+from ablations.run import REJECTIONS, run_job  # noqa: E402
 
 configs.register_configs()
 
@@ -51,7 +51,7 @@ def train(cfg: DictConfig) -> str:
     job_num = hc.job.num if hc.mode == RunMode.MULTIRUN else 0
     status = run_job(cfg, run_dir, run_dir.parent, job_num=job_num)
     if status == "rejected":
-        ExitStatus.rejected.setdefault(run_dir.name, "rejected in its job (see the line above)")
+        ExitStatus.rejected.setdefault(run_dir.name, REJECTIONS[run_dir.name])
     return status
 
 

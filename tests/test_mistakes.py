@@ -82,7 +82,7 @@ MISTAKES = [
     M("betas-range", (*TRAIN, "optim.betas=[1.5,0.9]"), ("optim", "beta", "1.5")),
     M("device-name", (*TRAIN, "trainer.device=gpu"), ("trainer.device", "'gpu'", "cuda")),
     M("override-syntax", (*TRAIN, "trainer.epochs=[1"), ("[1",)),
-    M("batch-over-data", (*TRAIN, "trainer.batch_size=500"), ("trainer.batch_size=500",)),
+    M("batch-over-data", (*TRAIN, "trainer.batch_size=500"), ("trainer.batch_size=500", "128")),
     # missing and empty paths
     M(
         "data-root-missing",
