@@ -81,8 +81,13 @@ def run_in_child(
             [sys.executable, "-m", "ablations.isolate", str(spec)],
             env=portable.child_environment(),
         )
+        reason = json.loads(spec.read_text()).get("rejected")
     finally:
         spec.unlink(missing_ok=True)
+    if reason:  # the child's one-line reason, for the command's summary
+        from ablations.run import REJECTIONS
+
+        REJECTIONS[run_dir.name] = reason
     by_code = {v: k for k, v in STATUS_CODES.items()}
     if code not in by_code:
         log.error("%s: the portable process ended with exit status %d", run_dir.name, code)
@@ -96,13 +101,17 @@ def _child(spec_path: str) -> int:
     if spec["log_file"]:
         handlers.append(logging.FileHandler(spec["log_file"], mode="a"))
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, handlers=handlers)
-    portable.enter()
+    portable.enter()  # before anything computes; the harness is imported after it
     from ablations import configs
-    from ablations.run import run_job
+    from ablations.run import REJECTIONS, run_job
 
     configs.register_configs()
     cfg = OmegaConf.create(spec["config"])
-    status = run_job(cfg, Path(spec["run_dir"]), Path(spec["sweep_dir"]), job_num=spec["job_num"])
+    run_dir = Path(spec["run_dir"])
+    status = run_job(cfg, run_dir, Path(spec["sweep_dir"]), job_num=spec["job_num"])
+    if status == "rejected":  # handed back through the spec: the parent names it in its summary
+        spec["rejected"] = REJECTIONS.get(run_dir.name, "rejected before training")
+        Path(spec_path).write_text(json.dumps(spec))
     return STATUS_CODES.get(status, STATUS_CODES["failed"])
 
 
