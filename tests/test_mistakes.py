@@ -27,7 +27,6 @@ QUICKSTART = ("ablations.train", "-m", "experiment=quickstart")
 PROBE = ("gradprobe.cli", "probe", "--no-progress", "--num-images", "8", "--out", "{tmp}/out")
 COST = ("gradprobe.cost", "--model")
 REPORTS = ("reports", "build", "--out", "{tmp}/report")
-ON_REPORTS_BRANCH = pytest.mark.xfail(strict=True, reason="fixed on the reports branch")
 
 
 class Mistake(NamedTuple):
@@ -113,13 +112,10 @@ MISTAKES = [
     M("cost-T-zero", (*COST, "sps_tokenizer_cifar", "--T", "0"), ("--T", "'0'")),
     M("cost-batch-type", (*COST, "sps_tokenizer_cifar", "--batch-size", "abc"), ("'abc'",)),
     # reports build
-    M(
-        "reports-missing",
-        (*REPORTS, "--results", "/nonexistent"),
-        ("/nonexistent",),
-        (ON_REPORTS_BRANCH,),
-    ),
-    M("reports-empty", (*REPORTS, "--results", "{empty}"), ("{empty}",), (ON_REPORTS_BRANCH,)),
+    M("reports-missing", (*REPORTS, "--results", "/nonexistent"), ("/nonexistent",)),
+    M("reports-empty", (*REPORTS, "--results", "{empty}"), ("{empty}",)),
+    M("reports-alpha", (*REPORTS, "--results", "{empty}", "--alpha", "2"), ("--alpha", "'2'")),
+    M("reports-metric", (*REPORTS, "--results", "{empty}", "--metric", "top1"), ("'top1'",)),
 ]
 #: The rows the default suite runs as real commands (one of each kind of check).
 END_TO_END = {
