@@ -13,7 +13,6 @@ import dataclasses
 from dataclasses import dataclass
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 from timm.optim import param_groups_weight_decay
 from torch import nn
@@ -21,6 +20,7 @@ from torch import nn
 from ablations.checks import ConfigError, model_kwargs
 from ablations.data import LoaderData, TensorData, build_dataset
 from ablations.distributed import Dist
+from ablations.keys import instantiate_target
 from ablations.losses import SoftTargets, build_loss
 from ablations.rundir import RunRecord
 from ablations.step import TrainStep
@@ -118,11 +118,6 @@ def build_model(cfg: DictConfig, device: torch.device) -> tuple[nn.Module, fast.
     return backbone, plan
 
 
-def instantiate_target(node: DictConfig, **kwargs: object) -> object:
-    """Build an optimiser or scheduler from its ``_target_`` node (the only ``_target_`` use)."""
-    return instantiate(node, **kwargs, _convert_="all")
-
-
 def fused_optimizer(cfg: DictConfig, plan: fast.StepPlan | None) -> bool:
     """Whether fast mode gives the ``optim`` group's Adam/AdamW PyTorch's fused CPU kernel.
 
@@ -148,7 +143,12 @@ def build_optimizer(
 def build_parts(
     cfg: DictConfig, backbone: nn.Module, plan: fast.StepPlan, dist: Dist, T: int
 ) -> Parts:
-    """Data, loss, targets, optimiser, scheduler and scaler around a configured backbone."""
+    """Data, loss, targets, optimiser, scheduler and scaler around a configured backbone.
+
+    Raises:
+        ConfigError: The training split holds less than one batch per rank.
+        gradprobe.data.DataNotFoundError: The dataset is missing or empty.
+    """
     device = plan.device
     data = build_dataset(
         cfg.dataset,
@@ -157,6 +157,14 @@ def build_parts(
         frames=T,
         num_workers=int(cfg.trainer.num_workers),
     )
+    batch = int(cfg.trainer.batch_size)
+    if data.steps_per_epoch(batch, dist.world) == 0:
+        ranks = f" over {dist.world} ranks" if dist.world > 1 else ""
+        raise ConfigError(
+            f"trainer.batch_size={batch}{ranks} is more than the {data.train_size} training "
+            f"samples: an epoch would have no full batch; choices: trainer.batch_size up to "
+            f"{data.train_size // dist.world}"
+        )
     net = dist.wrap(TimestepOutputs(backbone), device)
     loss_fn = build_loss(cfg.loss)
     optimizer = build_optimizer(cfg.optim, backbone, plan)  # after configure: it moved the model

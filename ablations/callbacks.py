@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import secrets
+import sys
 import time
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from ablations import store
+from ablations import preflight, store
 
 
 def new_invocation() -> str:
@@ -19,9 +20,17 @@ def new_invocation() -> str:
 
 
 class ExitStatus(Callback):
-    """Counts the runs that failed in this invocation, so that `main` can exit non-zero.
+    """Checks the jobs before any is launched, and counts the runs this invocation rejected or
+    that failed, so that `main` can exit non-zero naming them.
 
-    Before any job launches, the command puts a fresh invocation id in the environment
+    Before any job launches, `ablations.preflight.check_jobs` composes and checks every job: a
+    command whose jobs are all rejected stops there with status 1 (nothing written);
+    otherwise the rejected runs are printed now, kept in ``rejected`` and named again at the end
+    (the jobs reject them again and record nothing). A job that its own process rejects adds
+    itself too (``train``; in this process only: under the basic launcher every job, under
+    joblib or Slurm only those the preflight saw).
+
+    The command also puts a fresh invocation id in the environment
     (`ablations.store.INVOCATION_ENV`). Every job inherits it wherever it runs: in this process
     (basic launcher), in joblib's worker processes, in Slurm jobs (sbatch exports the submitting
     environment). Each job stamps its run document with it (``invocation``), so the failures of
@@ -30,6 +39,7 @@ class ExitStatus(Callback):
     """
 
     failed: list[str] = []  # noqa: RUF012 - shared with main() in this process
+    rejected: dict[str, str] = {}  # noqa: RUF012 - run id -> why, shared with train() and main()
     invocation: str | None = None
 
     @staticmethod
@@ -37,11 +47,26 @@ class ExitStatus(Callback):
         ExitStatus.invocation = new_invocation()
         os.environ[store.INVOCATION_ENV] = ExitStatus.invocation
 
+    @staticmethod
+    def _check(config: DictConfig, multirun: bool) -> None:
+        try:
+            rejected = preflight.check_jobs(config, multirun)
+        except preflight.NothingToRun as err:
+            # Hydra turns a callback's exception into a warning and goes on: leave as Hydra
+            # does after its own errors, before it creates a folder
+            print(*(f"error: {line}" for line in err.lines), sep="\n", file=sys.stderr)
+            raise SystemExit(1) from None
+        for run_id, why in rejected.items():
+            print(f"{run_id} rejected before training: {why}", file=sys.stderr)
+        ExitStatus.rejected.update(rejected)
+
     def on_run_start(self, config: DictConfig, **kwargs: object) -> None:
         self._start()
+        self._check(config, multirun=False)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: object) -> None:
         self._start()
+        self._check(config, multirun=True)
 
     def _collect(self, sweep_dir: Path) -> None:
         for path in sorted(store.store_dir(sweep_dir).glob("*.json")):
@@ -54,3 +79,15 @@ class ExitStatus(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: object) -> None:
         self._collect(Path(config.hydra.sweep.dir))
+
+    @staticmethod
+    def summary() -> list[str]:
+        """The lines `main` prints at the end (failures first: the last line names a value)."""
+        lines = []
+        if ExitStatus.failed:
+            lines += [f"{len(ExitStatus.failed)} run(s) failed:"]
+            lines += [f"  {line}" for line in ExitStatus.failed]
+        if ExitStatus.rejected:
+            lines += [f"{len(ExitStatus.rejected)} run(s) rejected before training (not recorded):"]
+            lines += [f"  {run_id}: {why}" for run_id, why in ExitStatus.rejected.items()]
+        return lines

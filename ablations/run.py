@@ -1,10 +1,13 @@
-"""One sweep job: skip a finished run, resume an interrupted one, record a failed one.
+"""One sweep job: skip a finished run, reject a bad config, resume an interrupted run, record a
+failed one.
 
-`run_job` never raises for a run that goes wrong: the run is recorded as failed in the results
-store (one line saying why) and the sweep goes on. A run the store marks finished is skipped; a
-run with a checkpoint resumes from it (`ablations.state`). A run that another process is
-training is skipped, and not a failure: the trainer holds the run's lock (`ablations.lock`).
-`fit` is the story of one run: build, resume, train, record.
+`run_job` never raises for a run that goes wrong. A config that cannot train (`check_config`,
+or missing data) is rejected before anything is built: one line on the console, nothing in the
+results store. A run that fails during training is recorded as failed in the store (one line
+saying why) and the sweep goes on. A run the store marks finished is skipped; a run with a
+checkpoint resumes from it (`ablations.state`). A run that another process is training is
+skipped, and not a failure: the trainer holds the run's lock (`ablations.lock`). `fit` is the
+story of one run: build, resume, train, record.
 
 How a step computes is `gradprobe.fast`'s plan, chosen by ``trainer.mode`` (``fast``: fused LIF
 kernels; ``reference``: the official code's per-timestep loop and reshapes); precision is
@@ -17,13 +20,15 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from ablations import store
 from ablations.build import (
     build_model,
     build_parts,
@@ -68,7 +73,7 @@ def torch_settings(cfg: DictConfig) -> Iterator[None]:
 
 
 def store_identity(cfg: DictConfig, T: int | None) -> dict:
-    """The identity fields of the store document, readable even from a config that fails checks."""
+    """The identity fields of the store document of a checked config."""
     name = str(cfg.model.name)
     kwargs = cfg.model.get("kwargs") or {}
     # A registered name with its architecture changed by kwargs is recorded as such.
@@ -92,6 +97,32 @@ def store_identity(cfg: DictConfig, T: int | None) -> dict:
     }
 
 
+#: Errors that reject a config before training: nothing is recorded for such a run.
+REJECTED = (ConfigError, DataNotFoundError)
+#: Why this process rejected each run id (the command's summary names them: `ablations.train`).
+REJECTIONS: dict[str, str] = {}
+
+
+def reject(run_dir: Path, err: Exception) -> str:
+    """A run whose config cannot train: one line on the console and nothing in the results store.
+
+    The folder Hydra made for the job (its ``.hydra`` and log) is removed when it holds nothing
+    else, and so is the sweep folder above it when that is then empty, so a rejected config
+    leaves no trace; an earlier attempt's files are left alone.
+    """
+    log.error("%s rejected before training: %s", run_dir.name, err)
+    REJECTIONS[run_dir.name] = str(err)
+    try:
+        names = os.listdir(run_dir)
+    except OSError:
+        return "rejected"
+    if all(name == ".hydra" or name.endswith(".log") for name in names):
+        shutil.rmtree(run_dir, ignore_errors=True)
+        with suppress(OSError):  # the sweep folder Hydra made for it, if nothing else is there
+            run_dir.parent.rmdir()
+    return "rejected"
+
+
 def run_job(cfg: DictConfig, run_dir: Path, sweep_dir: Path, job_num: int = 0) -> str:
     """Train (or skip, or resume) one run and record it; returns its final status.
 
@@ -102,46 +133,62 @@ def run_job(cfg: DictConfig, run_dir: Path, sweep_dir: Path, job_num: int = 0) -
         job_num: The job's number in the sweep (GPU choice with ``trainer.gpu_by_job_num``).
 
     Returns:
-        ``finished``, ``failed``, or ``skipped`` (another process holds the run's lock).
+        ``"finished"`` (now or before), ``"failed"`` (recorded in the store), ``"rejected"``
+        (a config error found before training: see `reject`) or ``"skipped"`` (another process
+        holds the run's lock: nothing is written).
     """
     try:
         dist = Dist.from_config(cfg.trainer)
     except ConfigError as err:
-        log.error("%s failed: %s", run_dir.name, err)
-        RunRecord(run_dir, sweep_dir, store_identity(cfg, None)).fail(str(err))
-        return "failed"
+        return reject(run_dir, err)
     if not dist.is_main:
         log.setLevel(logging.WARNING)  # one voice per run: rank 0 reports progress
-    record = RunRecord(run_dir, sweep_dir, store_identity(cfg, None), writes=dist.is_main)
     lock: RunLock | None = None
     try:
-        previous = dist.broadcast(record.previous())  # every rank decides as rank 0 does
+        # every rank decides as rank 0 does
+        previous = dist.broadcast(store.read_run(sweep_dir, run_dir.name))
         if previous and previous["status"] == "finished" and not cfg.trainer.rerun_finished:
             final = previous.get("final") or {}
             log.info(
                 "%s: finished before (test top-1 %s), skipped",
-                record.run_id,
+                run_dir.name,
                 final.get("test_top1"),
             )
             return "finished"
         T = check_config(cfg)
-        record.doc.update(store_identity(cfg, T))
-        lock = RunLock(record.run_dir / LOCK_NAME, lease_s=cfg.trainer.lock_lease_s)
+        record = RunRecord(run_dir, sweep_dir, store_identity(cfg, T), writes=dist.is_main)
+        lock = RunLock(run_dir / LOCK_NAME, lease_s=cfg.trainer.lock_lease_s)
         if skip := claim(lock, record, cfg.trainer, dist):
             return skip
+        return train_and_record(cfg, record, dist, job_num, T)
+    except REJECTED as err:
+        if lock is not None:  # so that `reject` finds the folder as Hydra made it
+            lock.release()
+        return reject(run_dir, err)
+    finally:
+        if lock is not None:
+            lock.release()
+        dist.close()
+
+
+def train_and_record(cfg: DictConfig, record: RunRecord, dist: Dist, job_num: int, T: int) -> str:
+    """`fit` one checked run; a failure during training is recorded as failed in the store.
+
+    Raises:
+        ConfigError, DataNotFoundError: From building the run, before anything is written.
+    """
+    try:
         with torch_settings(cfg.trainer):
             fit(cfg, record, pick_device(cfg.trainer, job_num, dist), dist, T)
         return "finished"
-    except (ConfigError, DataNotFoundError, NonFiniteLossError) as err:
+    except REJECTED:
+        raise
+    except NonFiniteLossError as err:
         log.error("%s failed: %s", record.run_id, err)
         record_failure(record, dist, str(err))
     except Exception as err:
         log.exception("%s failed", record.run_id)
         record_failure(record, dist, f"{type(err).__name__}: {err}")
-    finally:
-        if lock is not None:
-            lock.release()
-        dist.close()
     return "failed"
 
 
@@ -173,7 +220,11 @@ def record_failure(record: RunRecord, dist: Dist, message: str) -> None:
 
 
 def fit(cfg: DictConfig, record: RunRecord, device: torch.device, dist: Dist, T: int) -> None:
-    """Build everything, resume if a checkpoint exists, and train to the planned epoch count."""
+    """Build everything, resume if a checkpoint exists, and train to the planned epoch count.
+
+    A config error or missing data can only surface while building, before `RunRecord.start`
+    writes the first file (`train_and_record` relies on it).
+    """
     seed_everything(int(cfg.seed))
     backbone, plan = build_model(cfg, device)
     record.doc["params"] = sum(p.numel() for p in backbone.parameters() if p.requires_grad)

@@ -3,7 +3,8 @@
 A run directory ``<sweep dir>/<run_id>/`` holds::
 
     config.yaml          the resolved config
-    environment.json     library versions, git SHA, device, host, trainer.mode and LIF kernel
+    environment.json     library versions, git SHA, device, host, trainer.mode and LIF kernel,
+                         the CPU and what decides its numerics (`gradprobe.portable.describe`)
     metrics.csv          one row per finished epoch (the store document's ``history``)
     probe.csv            gradient-landing snapshots (``probe=landing``)
     summary.json         final numbers, once the run finished
@@ -33,6 +34,7 @@ from typing import Any
 import torch
 
 from ablations import store
+from gradprobe import portable
 
 HISTORY_COLUMNS = (
     "epoch",
@@ -141,6 +143,7 @@ class RunRecord:
             "argv": sys.argv,
             "cuda_devices": torch.cuda.device_count(),
             "torch_threads": torch.get_num_threads(),
+            "cpu_numerics": portable.describe(),
         }
         store.write_json_atomic(self.run_dir / "environment.json", env)
         self._write_doc()

@@ -50,12 +50,16 @@ class UserError(Exception):
     """A problem with the command line or the inputs: reported in one line, exit code 2."""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, no usage block
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (no usage block) and exit with status 2."""
+
+    def error(self, message: str) -> None:
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def _positive(name: str):
+def positive_int(name: str):
+    """An argparse ``type`` accepting integers >= 1; the error names the flag and the value."""
+
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -64,6 +68,15 @@ def _positive(name: str):
         if value < 1:
             raise argparse.ArgumentTypeError(f"{name} must be a positive integer, got {text!r}")
         return value
+
+    return parse
+
+
+def _path(name: str):
+    def parse(text: str) -> Path:
+        if not text.strip():
+            raise argparse.ArgumentTypeError(f"{name} is empty ({text!r}): give a folder")
+        return Path(text)
 
     return parse
 
@@ -79,8 +92,8 @@ def _model_arg(text: str) -> tuple[str, object]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="gradprobe", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = OneLineParser(prog="gradprobe", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     p = sub.add_parser(
         "probe",
         help="measure gradient landing per site and variant",
@@ -89,18 +102,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--data",
-        type=Path,
+        type=_path("--data"),
         default=None,
         help="ImageFolder root (class sub-folders), or a parent holding test/; "
         "default: scikit-learn's bundled handwritten digits (no download)",
     )
     p.add_argument(
         "--num-images",
-        type=_positive("--num-images"),
+        type=positive_int("--num-images"),
         default=256,
         help="images to use (a seeded random subset; default 256)",
     )
-    p.add_argument("--batch-size", type=_positive("--batch-size"), default=64)
+    p.add_argument("--batch-size", type=positive_int("--batch-size"), default=64)
     p.add_argument(
         "--model",
         default="sps_tokenizer_cifar",
@@ -121,11 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="VARIANT",
         help=f"variants to compare (default all: {' '.join(list_downsamples())})",
     )
-    p.add_argument("--T", type=_positive("--T"), default=4, help="time steps (default 4)")
+    p.add_argument("--T", type=positive_int("--T"), default=4, help="time steps (default 4)")
     p.add_argument("--seed", type=int, default=0, help="weights and image subset (default 0)")
     p.add_argument(
         "--out",
-        type=Path,
+        type=_path("--out"),
         default=Path("probe_results"),
         help="folder for probe_rows.csv, probe_summary.csv, probe_summary.json",
     )
@@ -264,3 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "probe":
         return cmd_probe(args)
     return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -26,7 +26,6 @@ four variants.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Iterable
 from math import prod
 
@@ -42,9 +41,10 @@ from spikingjelly.activation_based.op_counter import (
 )
 from torch import nn
 
-from gradprobe.downsample import list_downsamples
-from gradprobe.models import create_model
+from gradprobe.downsample import DOWNSAMPLES, list_downsamples
+from gradprobe.models import MODELS, create_model
 from gradprobe.neuron import is_spiking_neuron
+from gradprobe.registry import UnknownNameError
 
 E_MAC_PJ = 4.6
 E_AC_PJ = 0.9
@@ -230,19 +230,35 @@ def cost_report(
     return report
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+def main(argv: list[str] | None = None) -> int:
+    """``python -m gradprobe.cost``; a mistake (unknown model or variant, a bad size) is one line
+    on stderr and exit status 2."""
+    from gradprobe.cli import OneLineParser, positive_int
+
+    parser = OneLineParser(
         prog="python -m gradprobe.cost",
         description="LIF neurons per downsampling site, synaptic ops and energy, per variant.",
     )
     parser.add_argument("--model", required=True, help="registered backbone name")
     parser.add_argument("--downsample", nargs="*", help="variants (default: all)")
-    parser.add_argument("--batch-size", type=int, default=2)
-    parser.add_argument("--T", type=int, default=None, help="time steps (default: the model's)")
-    parser.add_argument("--num-classes", type=int, default=None)
+    parser.add_argument("--batch-size", type=positive_int("--batch-size"), default=2)
+    parser.add_argument(
+        "--T", type=positive_int("--T"), default=None, help="time steps (default: the model's)"
+    )
+    parser.add_argument("--num-classes", type=positive_int("--num-classes"), default=None)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     kwargs = {k: v for k, v in (("T", args.T), ("num_classes", args.num_classes)) if v is not None}
+    try:
+        MODELS.get(args.model)
+        for variant in args.downsample or ():
+            DOWNSAMPLES.get(variant)
+        with torch.device("meta"):  # the model's own checks, before any real work
+            create_model(args.model, downsample=(args.downsample or [BASELINE])[0], **kwargs)
+    except UnknownNameError as err:
+        parser.error(str(err))
+    except (TypeError, ValueError) as err:
+        parser.error(f"cannot build model {args.model!r}: {err}")
     # untrained weights on random images: batch statistics give non-trivial firing
     report = cost_report(
         args.model,
@@ -262,7 +278,8 @@ def main(argv: list[str] | None = None) -> None:
         "untrained weights, random images, BatchNorm on batch statistics: firing rates, sops and "
         "energy are illustrative; use measure_cost on a trained model and real data"
     )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

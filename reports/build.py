@@ -9,7 +9,14 @@ Outputs (all under ``out``; a table that no run falls into is not written but li
 * ``precision.{csv,tex,md}`` and ``precision_curves.csv``: gradient landing per site.
 * ``cells.csv`` (every cell's statistics) and ``runs.csv`` (every run, with why it is left out).
 * ``fig2_*.{png,pdf}`` and ``precision_*.{png,pdf}``.
-* ``coverage.md``: what was read, what is not covered, which runs were not averaged.
+* ``coverage.md``: what was read, what is not covered, which runs were not averaged, which
+  files were skipped and which cells lost runs through them.
+
+Writing is atomic (`reports.output`): everything is rendered in memory first, then written
+under an ``INCOMPLETE`` marker, each file through a temporary file and a rename, and the marker
+is removed last. A build stopped at any moment leaves the previous report as it was, or a folder
+marked ``INCOMPLETE`` whose files are each complete. A results file that cannot be read stops
+the build before anything is written (`reports.screen.BadResultsError`) unless ``skip_bad``.
 """
 
 from __future__ import annotations
@@ -19,9 +26,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
-
-from reports.load import CELL_KEYS, RUN_COLUMNS, Results, load_results
+from reports.load import CELL_KEYS, RUN_COLUMNS, Results, find_stores, load_results
+from reports.output import Staged, check_out
 from reports.paper import TableSpec
 from reports.precision import (
     precision_caption,
@@ -30,7 +36,8 @@ from reports.precision import (
     snapshots,
     summarize_precision,
 )
-from reports.render import CSV_FLOAT, write_formats
+from reports.render import csv_text, write_formats
+from reports.screen import BadResultsError
 from reports.stats import ALPHA, sort_cells, summarize_cells
 from reports.tables import METRIC_WORDS, Table, build_tables
 
@@ -55,11 +62,6 @@ class Report:
     coverage: str
 
 
-def _write_csv(frame: pd.DataFrame, path: Path) -> Path:
-    frame.to_csv(path, index=False, float_format=CSV_FLOAT, lineterminator="\n")
-    return path
-
-
 def coverage_summary(
     results: Results, tables: list[Table], not_covered: list[TableSpec], precision_rows: int
 ) -> str:
@@ -75,9 +77,14 @@ def coverage_summary(
         f"{len(usable)} finished and averaged, {len(failed)} failed, {len(other)} unfinished "
         f"or duplicate. Accuracy: {METRIC_WORDS[results.metric]}.",
         "",
-        "## Tables",
-        "",
     ]
+    if results.rejected:
+        lines += [
+            f"Ignored {len(results.rejected)} documents of runs rejected before training "
+            f"(config errors; the harness no longer writes them): {', '.join(results.rejected)}.",
+            "",
+        ]
+    lines += ["## Tables", ""]
     for table in tables:
         tidy = table.tidy
         ours = int((tidy["n"] > 0).sum())
@@ -92,13 +99,22 @@ def coverage_summary(
         lines.append(f"- {spec.stem} (paper Table {spec.number}): not covered, no runs")
     if not precision_rows:
         lines.append("- precision: not covered, no probe rows in finished runs")
-    if results.skipped or len(usable) < len(runs):
+    if len(usable) < len(runs):
         lines += ["", "## Not averaged", ""]
         left_out = runs[runs["problem"] != ""]
         lines += [
             f"- {r}: {p}" for r, p in zip(left_out["run_id"], left_out["problem"], strict=True)
         ]
-        lines += [f"- {message}" for message in results.skipped]
+    if results.skipped:
+        lines += ["", "## Skipped files (unreadable; their runs are missing from the tables)", ""]
+        lines += [f"- {skipped}" for skipped in results.skipped]
+        lines += ["", "## Cells that lost runs", ""]
+        lost: dict[str, list[str]] = {}
+        for skipped in results.skipped:
+            lost.setdefault(skipped.cell, []).append(skipped.name)
+        for cell, names in sorted(lost.items(), key=lambda item: item[0] == ""):
+            what = cell or "cell unknown (no readable run of the store differs only in seed)"
+            lines.append(f"- {what}: {len(names)} run(s) lost ({', '.join(names)})")
     return "\n".join(lines) + "\n"
 
 
@@ -111,6 +127,8 @@ def build_report(
     errorbar: str = "sd",
     probe_x: str = "epoch",
     figures: bool = True,
+    skip_bad: bool = False,
+    build: str | None = None,
 ) -> Report:
     """Read a store and write all tables, figures and the coverage summary.
 
@@ -119,58 +137,75 @@ def build_report(
             sweep dirs, or several of these (`reports.load.find_stores`).
         out: Output folder (created).
         metric: ``"test_top1"`` (final epoch) or ``"best_test_top1"`` (max over epochs).
-        alpha: Significance level of the Welch test against the baseline.
+        alpha: Significance level of the Welch test against the baseline, in (0, 1).
         errorbar: Figure bands over seeds: ``"sd"`` or ``"ci"`` (95 % bootstrap, seeded).
         probe_x: x axis of the precision curves: ``"epoch"`` or ``"step"``.
         figures: Also draw the figures (the tables do not need the per-epoch history).
+        skip_bad: Build without the results files that cannot be read (listed in the coverage
+            summary with the cells that lost runs) instead of raising.
+        build: What to name this build in the ``INCOMPLETE`` marker (default: this call).
 
     Returns:
         The files written and the coverage summary.
+
+    Raises:
+        FileNotFoundError: If a results path holds no store, or the stores no run document.
+        NotADirectoryError: If ``out`` is a file or lies inside one.
+        BadResultsError: If a results file cannot be read and ``skip_bad`` is false.
+        ValueError: For a ``metric``, ``alpha``, ``errorbar`` or ``probe_x`` not allowed.
 
     Example:
         >>> report = build_report("sweeps/quickstart", "reports_out")
         >>> print(report.coverage)
     """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    results = load_results(results_path, metric=metric, history=figures)
+    out = check_out(out)
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha {alpha!r} is not a significance level (expected 0 < alpha < 1)")
+    stores = find_stores(results_path)
+    results = load_results(stores, metric=metric, history=figures)
+    if results.skipped and not skip_bad:
+        raise BadResultsError(results.skipped)
+    if results.runs.empty and not results.skipped and not results.rejected:
+        where = ", ".join(map(str, stores))
+        raise FileNotFoundError(f"no run documents in {where} (expected <run id>.json files)")
     cells = summarize_cells(results.runs, alpha)
     tables, not_covered = build_tables(cells, metric, alpha, results.labels)
 
-    files: list[Path] = []
+    staged = Staged(out)
     for table in tables:
-        files += write_formats(
-            out, table.spec.stem, table.tidy, table.display, table.caption, table.n_label_columns
-        )
+        write_formats(
+            staged, table.spec.stem, table.tidy, table.display, table.caption,
+            table.n_label_columns,
+        )  # fmt: skip
     latex = [t.spec.stem for t in tables]
 
     snaps = snapshots(results)
     precision = summarize_precision(snaps, cells)
     if not precision.empty:
         display, n_labels = precision_display(precision, results.labels)
-        files += write_formats(
-            out, "precision", precision, display, precision_caption(METRIC_WORDS[metric]),
+        write_formats(
+            staged, "precision", precision, display, precision_caption(METRIC_WORDS[metric]),
             n_labels, longtable=True,  # a row per cell and site: may run over pages
         )  # fmt: skip
-        files.append(_write_csv(precision_curves(snaps, probe_x), out / "precision_curves.csv"))
+        staged.add("precision_curves.csv", csv_text(precision_curves(snaps, probe_x)))
         latex.append("precision")
     if latex:
         inputs = "\n".join(f"\\input{{{stem}}}" for stem in latex)
-        (out / "tables.tex").write_text(_STANDALONE % inputs)
-        files.append(out / "tables.tex")
+        staged.add("tables.tex", _STANDALONE % inputs)
 
-    files.append(_write_csv(cells, out / "cells.csv"))
+    staged.add("cells.csv", csv_text(cells))
     runs = sort_cells(results.runs, [*CELL_KEYS, "seed", "run_id"])[list(RUN_COLUMNS)]
-    files.append(_write_csv(runs, out / "runs.csv"))
+    staged.add("runs.csv", csv_text(runs))
 
     if figures:
         from reports.figures import model_palette, plot_fig2, plot_precision
 
         palette = model_palette(results.usable, results.labels)
-        files += plot_fig2(results, out, errorbar, palette)
-        files += plot_precision(snaps, out, probe_x, errorbar, palette, results.labels)
+        plot_fig2(results, staged, errorbar, palette)
+        plot_precision(snaps, staged, probe_x, errorbar, palette, results.labels)
 
     coverage = coverage_summary(results, tables, not_covered, len(precision))
-    (out / "coverage.md").write_text(coverage)
-    files.append(out / "coverage.md")
-    return Report(tuple(files), tuple(tables), tuple(not_covered), coverage)
+    staged.add("coverage.md", coverage)
+    build = build or f"reports.build.build_report({results_path!r}, {str(out)!r}, ...)"
+    files = staged.commit(build)
+    return Report(files, tuple(tables), tuple(not_covered), coverage)

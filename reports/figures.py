@@ -11,6 +11,7 @@ one figure for a notebook to show.
 
 from __future__ import annotations
 
+import io
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,6 +22,7 @@ import seaborn as sns
 from matplotlib.ticker import MaxNLocator
 
 from reports.load import CELL_KEYS, Results
+from reports.output import Staged, emit
 from reports.paper import dataset_label, method_labels
 from reports.precision import PROBE_METRICS
 from reports.stats import sort_cells
@@ -76,25 +78,29 @@ def _title(dataset: str, arch: str, T: object, epochs: object) -> str:
     return f"{dataset_label(dataset)}, L-D {arch}{t}{e}"
 
 
-def save_figure(fig: plt.Figure, out: Path, stem: str) -> list[Path]:
-    """Write ``<stem>.png`` and ``<stem>.pdf`` without timestamps; close the figure."""
+def save_figure(fig: plt.Figure, out: Path | Staged, stem: str) -> list[Path]:
+    """Write ``<stem>.png`` and ``<stem>.pdf`` without timestamps; close the figure.
+
+    Each file is rendered into memory and then written atomically into the folder ``out`` (or
+    staged, for a build's `Staged` files), so no reader ever sees a half-written figure.
+    """
     paths = []
     for suffix, metadata in _SAVE.items():
-        path = out / f"{stem}.{suffix}"
-        fig.savefig(path, dpi=150, metadata=metadata, bbox_inches="tight")
-        paths.append(path)
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format=suffix, dpi=150, metadata=metadata, bbox_inches="tight")
+        paths.append(emit(out, f"{stem}.{suffix}", buffer.getvalue()))
     plt.close(fig)
     return paths
 
 
 def plot_fig2(
-    results: Results, out: Path, errorbar: str = "sd", palette: dict | None = None
+    results: Results, out: Path | Staged, errorbar: str = "sd", palette: dict | None = None
 ) -> list[Path]:
     """Fig. 2: training loss, test loss and test accuracy per epoch, one figure per config.
 
     Args:
         results: A store read with ``history=True``.
-        out: Output folder.
+        out: Output folder, or a build's `Staged` files.
         errorbar: ``"sd"`` or ``"ci"`` (see the module docstring).
         palette: Model label → colour; default `model_palette` of the store's finished runs.
 
@@ -130,14 +136,14 @@ def plot_fig2(
 
 
 def plot_precision(
-    snaps: pd.DataFrame, out: Path, x: str = "epoch", errorbar: str = "sd",
+    snaps: pd.DataFrame, out: Path | Staged, x: str = "epoch", errorbar: str = "sd",
     palette: dict | None = None, labels: Mapping[str, str] | None = None,
 ) -> list[Path]:  # fmt: skip
     """Landing precision, mass at argmax and tie rate (rows) per site (columns) over training.
 
     Args:
         snaps: The output of `reports.precision.snapshots`.
-        out: Output folder.
+        out: Output folder, or a build's `Staged` files.
         x: ``"epoch"`` or ``"step"``.
         errorbar: ``"sd"`` or ``"ci"``.
         palette: Model label → colour; default `model_palette` of the snapshots' runs.

@@ -2,7 +2,9 @@
 
 Reading is one pass of ``json`` over the store (through `ablations.store.iter_runs`) and one
 DataFrame construction per frame; no per-row pandas work. Only runs that finished contribute
-history and probe rows: failed or incomplete runs are listed, never averaged.
+history and probe rows: failed or incomplete runs are listed, never averaged. Unreadable files
+and the documents of configs rejected before training are kept out of the frames
+(`reports.screen`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import pandas as pd
 
 from ablations.store import RESULTS_DIRNAME, iter_runs, store_dir
 from reports.paper import parse_model
+from reports.screen import SkippedFile, is_rejected, shape_problem, unreadable, with_cells
 
 METRICS = ("test_top1", "best_test_top1")
 HISTORY_COLUMNS = ("epoch", "train_loss", "test_loss", "test_top1")
@@ -47,19 +50,20 @@ class Results:
             otherwise.
         history: Per-epoch rows (``run_id`` + `HISTORY_COLUMNS`) of the usable runs.
         probe: Probe rows (``run_id`` + `PROBE_COLUMNS`) of the usable runs.
-        skipped: One message per results file that could not be read, named relative to the
-            store.
+        skipped: The results files that could not be read (`reports.screen.SkippedFile`).
         metric: The accuracy used: ``"test_top1"`` (final epoch) or ``"best_test_top1"``.
         labels: Variant → the display label its run documents carry (``downsample_label``;
             the first document read wins), for variants `gradprobe.labels` may not know.
+        rejected: Run ids of the ignored documents of configs rejected before training.
     """
 
     runs: pd.DataFrame
     history: pd.DataFrame
     probe: pd.DataFrame
-    skipped: tuple[str, ...]
+    skipped: tuple[SkippedFile, ...]
     metric: str
     labels: dict[str, str] = field(default_factory=dict)
+    rejected: tuple[str, ...] = ()
 
     @property
     def usable(self) -> pd.DataFrame:
@@ -118,6 +122,17 @@ def _run_record(doc: dict, metric: str) -> dict:
     }
 
 
+def _checked_record(doc: dict, metric: str) -> tuple[dict | None, str]:
+    """The run's record, or ``None`` and why the document cannot be used."""
+    problem = shape_problem(doc)
+    if problem:
+        return None, problem
+    try:
+        return _run_record(doc, metric), ""
+    except (KeyError, TypeError, ValueError) as err:
+        return None, f"{type(err).__name__}: {err}"
+
+
 def _mark_duplicates(runs: pd.DataFrame) -> bool:
     """Keep the first run (by run id) of a cell and seed; a second one, e.g. from another
     experiment with other overrides, is listed instead of being averaged as if it were a seed."""
@@ -170,23 +185,37 @@ def _rows_frame(
     return pd.DataFrame(data)
 
 
+_EXPECTED = "expected a sweep dir holding results/, a results/ store or a folder of sweep dirs"
+
+
 def find_stores(roots: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
     """The results stores to read: each root is a store, a sweep dir holding one, or a folder
     of sweep dirs (``sweeps/``: every ``*/results`` under it, sorted).
 
     Raises:
-        FileNotFoundError: If no store is found.
+        FileNotFoundError: Naming the first root that is missing, not a folder or holds no
+            store.
     """
     roots = [roots] if isinstance(roots, str | os.PathLike) else list(roots)
+    if not roots:
+        raise FileNotFoundError(f"no results store given ({_EXPECTED})")
     found: list[Path] = []
     for root in roots:
+        shown = repr(str(root))
+        if not str(root):
+            raise FileNotFoundError(f"no results store at '': an empty path ({_EXPECTED})")
+        if not Path(root).exists():
+            raise FileNotFoundError(f"no results store at {shown}: no such folder ({_EXPECTED})")
+        if not Path(root).is_dir():
+            raise FileNotFoundError(f"no results store at {shown}: a file ({_EXPECTED})")
         store = store_dir(root)
         if store.is_dir():
             found.append(store)
-        else:
-            found += sorted(p for p in Path(root).glob(f"*/{RESULTS_DIRNAME}") if p.is_dir())
-    if not found:
-        raise FileNotFoundError(f"no results store in {', '.join(str(r) for r in roots)}")
+            continue
+        inner = sorted(p for p in Path(root).glob(f"*/{RESULTS_DIRNAME}") if p.is_dir())
+        if not inner:
+            raise FileNotFoundError(f"no results store in {shown} ({_EXPECTED})")
+        found += inner
     return found
 
 
@@ -217,8 +246,9 @@ def load_results(
         history: Also collect the per-epoch history (needed by the figures, not by the tables).
 
     Returns:
-        The runs as `Results`. A corrupt or partial file is skipped with a ``UserWarning``
-        naming it, and listed in ``skipped``.
+        The runs as `Results`. A corrupt, partial or malformed file is skipped with a
+        ``UserWarning`` naming it, and listed in ``skipped``; the documents of configs rejected
+        before training are left out and listed in ``rejected`` (see `reports.screen`).
 
     Example:
         >>> results = load_results("sweeps/quickstart", metric="best_test_top1")
@@ -233,15 +263,25 @@ def load_results(
     owners: list[str] = []
     hist_counts: list[int] = []
     probe_counts: list[int] = []
-    skipped = []
+    skipped: list[SkippedFile] = []
+    rejected: list[str] = []
     variant_labels: dict[str, str] = {}
     for store, label in zip(stores, _store_labels(stores), strict=True):
+        store_records: list[dict] = []
+        bad: list[SkippedFile] = []
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             for doc in iter_runs(store):
-                record = _run_record(doc, metric)
+                if is_rejected(doc):
+                    rejected.append(label + doc["run_id"])
+                    continue
+                record, problem = _checked_record(doc, metric)
+                if problem:
+                    path = store / f"{doc['run_id']}.json"
+                    warnings.warn(f"skipping results file {path}: {problem}", stacklevel=2)
+                    continue
                 record["run_id"] = label + record["run_id"]
-                records.append(record)
+                store_records.append(record)
                 if doc.get("downsample_label"):
                     variant_labels.setdefault(doc["downsample"], doc["downsample_label"])
                 if record["problem"]:
@@ -255,7 +295,10 @@ def load_results(
                 probe_counts.append(len(probes))
         for item in caught:
             warnings.warn(item.message, item.category, stacklevel=2)
-            skipped.append(str(item.message).replace(f"{store}{os.sep}", label))
+            if found := unreadable(str(item.message), store, label):
+                bad.append(found)
+        skipped += with_cells(sorted(bad, key=lambda s: s.name), store_records, label)
+        records += store_records
 
     runs = pd.DataFrame(records, columns=list(RUN_COLUMNS))
     for column in _INT_COLUMNS:
@@ -274,4 +317,5 @@ def load_results(
         skipped=tuple(skipped),
         metric=metric,
         labels=variant_labels,
+        rejected=tuple(rejected),
     )

@@ -14,6 +14,8 @@ from pathlib import Path
 import pandas as pd
 from pandas.io.formats.style import Styler
 
+from reports.output import Staged, emit
+
 MISSING = "—"
 CSV_FLOAT = "%.6g"
 
@@ -148,17 +150,22 @@ def _group_spans(columns: pd.MultiIndex) -> list[tuple[int, int]]:
     return spans
 
 
+def csv_text(frame: pd.DataFrame) -> str:
+    """A frame as the reports' CSV: no index, `CSV_FLOAT` numbers, ``\\n`` line ends."""
+    return frame.to_csv(index=False, float_format=CSV_FLOAT, lineterminator="\n")
+
+
 def write_formats(
-    out: Path, stem: str, tidy: pd.DataFrame, display: pd.DataFrame | None, caption: str,
-    n_label_columns: int = 0, longtable: bool = False,
+    out: Path | Staged, stem: str, tidy: pd.DataFrame, display: pd.DataFrame | None,
+    caption: str, n_label_columns: int = 0, longtable: bool = False,
 ) -> list[Path]:  # fmt: skip
-    """Write ``<stem>.csv`` (tidy) and, given a display frame, ``<stem>.tex`` and ``<stem>.md``."""
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / f"{stem}.csv"]
-    tidy.to_csv(paths[0], index=False, float_format=CSV_FLOAT, lineterminator="\n")
+    """Write ``<stem>.csv`` (tidy) and, given a display frame, ``<stem>.tex`` and ``<stem>.md``.
+
+    ``out`` is a folder (each file is written atomically at once) or a build's `Staged` files.
+    """
+    paths = [emit(out, f"{stem}.csv", csv_text(tidy))]
     if display is not None:
-        tex, md = out / f"{stem}.tex", out / f"{stem}.md"
-        tex.write_text(to_latex(display, caption, f"tab:{stem}", n_label_columns, longtable))
-        md.write_text(to_markdown(display, caption))
-        paths += [tex, md]
+        latex = to_latex(display, caption, f"tab:{stem}", n_label_columns, longtable)
+        paths.append(emit(out, f"{stem}.tex", latex))
+        paths.append(emit(out, f"{stem}.md", to_markdown(display, caption)))
     return paths

@@ -109,10 +109,11 @@ def test_every_experiment_composes_and_passes_checks(experiment):
     assert cfg.experiment_name == experiment
     params = cfg.hydra.sweeper.params
     assert params, "every experiment sweeps something"
-    # every job of the sweep passes the pre-training checks
+    # every job of the sweep passes the pre-training checks (but for the data and the device,
+    # which are this machine's: ImageNet is not here)
     first = [f"{k}={str(v).split(',')[0]}" for k, v in params.items()]
     job = compose_cfg(f"experiment={experiment}", *first)
-    T = check_config(job)
+    T = check_config(job, here=False)
     assert T >= 1
 
 

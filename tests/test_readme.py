@@ -35,6 +35,17 @@ def test_quickstart_command_is_the_documented_experiment():
     assert (ROOT / "ablations" / "conf" / "experiment" / "quickstart.yaml").is_file()
 
 
+def test_readme_states_the_guarantee_the_quickstart_table_carries():
+    """The sentence, and what makes it true: the quickstart is exact, and the test that caps the
+    instruction set exists under the name the README gives."""
+    assert "These digits hold on every x86-64 CPU with AVX2 and FMA" in README
+    assert "`tests/test_portable.py` gets identical run documents" in README
+    experiment = (ROOT / "ablations" / "conf" / "experiment" / "quickstart.yaml").read_text()
+    assert "override /speed: exact" in experiment
+    tests = (ROOT / "tests" / "test_portable.py").read_text()
+    assert "def test_the_whole_quickstart_is_identical_whatever_instruction_set" in tests
+
+
 @pytest.mark.slow
 def test_readme_quickstart_table_is_what_the_quickstart_produces(tmp_path):
     """Rerun the README's main job and compare its Markdown Table 1 with the README's."""

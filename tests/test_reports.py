@@ -32,6 +32,7 @@ from reports.load import load_results
 from reports.paper import TABLES, paper_reference, paper_tables, parse_model
 from reports.precision import snapshots, summarize_precision
 from reports.render import latex_escape, to_latex
+from reports.screen import BadResultsError
 from reports.stats import summarize_cells
 from reports.tables import build_table
 
@@ -287,11 +288,17 @@ def test_rebuild_is_byte_identical(store, built, tmp_path):
         assert (built / name).read_bytes() == (tmp_path / "again" / name).read_bytes(), name
 
 
-def test_corrupt_file_is_skipped_with_a_warning(tmp_path):
+def test_corrupt_file_stops_the_build_or_is_skipped_with_a_warning(tmp_path):
     _write_store(tmp_path, GOLDEN[:6])
     (tmp_path / "results" / "broken.json").write_text('{"schema": "gradprobe.run/1", "run_')
+    with (
+        pytest.warns(UserWarning, match="broken.json"),
+        pytest.raises(BadResultsError, match=r"broken\.json: Unterminated string"),
+    ):
+        build_report(tmp_path, tmp_path / "out", figures=False)
+    assert not (tmp_path / "out").exists()
     with pytest.warns(UserWarning, match="broken.json"):
-        report = build_report(tmp_path, tmp_path / "out", figures=False)
+        report = build_report(tmp_path, tmp_path / "out", figures=False, skip_bad=True)
     assert "broken.json" in report.coverage and "1 files skipped" in report.coverage
     assert (tmp_path / "out" / "table1.md").exists()
 

@@ -13,6 +13,7 @@ from hydra import compose, initialize_config_module
 import ablations.configs  # noqa: F401  (registers the model group)
 from ablations import loop, run, store
 from ablations.checks import ConfigError, check_config
+from ablations.distributed import Dist
 from ablations.losses import SoftTargets, TETLoss, TimeMeanCrossEntropy
 from ablations.rundir import RunRecord
 from gradprobe import fast
@@ -179,7 +180,7 @@ def test_non_finite_loss_stops_the_run(tmp_path):
             "unknown dataset loader 'nope'; choices: cifar10, cifar100, cifar10_dvs",
         ),
         ("loss.name=nope", "unknown loss 'nope'; choices: ce, tet"),
-        ("model.T=0", "model.T must be a positive integer, got 0"),
+        ("model.T=0", "model.T must be a positive integer or null, got 0"),
         ("dataset.img_size=30", "img_size 30 is not supported"),
         ("trainer.amp=fp8", "unknown trainer.amp 'fp8'; choices: auto, bf16, fp16, fp32"),
         ("trainer.mode=turbo", "unknown trainer.mode 'turbo'; choices: fast, reference"),
@@ -189,20 +190,34 @@ def test_non_finite_loss_stops_the_run(tmp_path):
         ("+neuron.kernel=loop", "bad neuron settings: NeuronConfig.__init__() got an unexpected"),
     ],
 )
-def test_bad_choices_are_rejected_before_training(tmp_path, monkeypatch, override, message):
+def test_bad_choices_are_rejected_before_training(tmp_path, monkeypatch, caplog, override, message):
     cfg = config(override)
     with pytest.raises(ConfigError) as err:
         check_config(cfg)
     assert message in str(err.value) and "\n" not in str(err.value)
     monkeypatch.setattr(run, "fit", lambda *a, **k: pytest.fail("training started"))
-    assert run_job(cfg, tmp_path) == "failed"
-    assert message in store.read_run(tmp_path, "run")["error"]
+    assert run_job(cfg, tmp_path) == "rejected"
+    assert message in caplog.text
+    assert not list(tmp_path.rglob("*.json"))  # a rejected config never touches the store
 
 
-def test_missing_data_is_rejected_with_where_to_put_it(tmp_path):
+def test_missing_data_is_rejected_before_the_model_is_built(tmp_path, monkeypatch, caplog):
     cfg = config("dataset=cifar10", f"paths.data={tmp_path}", "dataset.download=false")
-    assert run_job(cfg, tmp_path) == "failed"
-    assert "dataset.download=true" in store.read_run(tmp_path, "run")["error"]
+    monkeypatch.setattr(run, "build_model", lambda *a, **k: pytest.fail("model built"))
+    assert run_job(cfg, tmp_path) == "rejected"
+    assert "dataset.download=true" in caplog.text and not store.read_run(tmp_path, "run")
+
+
+def test_a_rejected_job_leaves_no_folder_but_an_earlier_runs_files_stay(tmp_path):
+    hydra_made = tmp_path / "sweep" / "made"  # what Hydra writes before the job starts
+    (hydra_made / ".hydra").mkdir(parents=True)
+    (hydra_made / "train.log").write_text("")
+    assert run.run_job(config("seed=-1"), hydra_made, hydra_made.parent) == "rejected"
+    assert not (tmp_path / "sweep").exists()
+    earlier = tmp_path / "sweep" / "earlier"
+    (earlier / "checkpoints").mkdir(parents=True)
+    assert run.run_job(config("seed=-1"), earlier, earlier.parent) == "rejected"
+    assert (earlier / "checkpoints").is_dir()
 
 
 def test_tet_loss_is_the_papers_formula():
@@ -272,6 +287,7 @@ def test_a_run_trains_on_cuda_with_the_probe(tmp_path, mode):
 def test_cuda_graph_setting_is_checked(tmp_path):
     with pytest.raises(ConfigError, match=r"unknown trainer\.cuda_graph 'maybe'; choices: auto"):
         check_config(config("trainer.cuda_graph=maybe"))
-    assert run_job(config("trainer.cuda_graph=on", "trainer.device=cpu"), tmp_path) == "failed"
-    doc = store.read_run(tmp_path, "run")
-    assert doc["error"] == "trainer.cuda_graph=on cannot run with device cpu"
+    cfg = config("trainer.cuda_graph=on", "trainer.device=cpu")
+    with pytest.raises(ConfigError, match=r"^trainer\.cuda_graph=on cannot run with device cpu$"):
+        run.train_and_record(cfg, run.RunRecord(tmp_path / "run", tmp_path, {}), Dist(), 0, 2)
+    assert run_job(cfg, tmp_path) == "rejected" and not store.read_run(tmp_path, "run")

@@ -25,17 +25,22 @@ def cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_sweep_isolates_a_failing_job_and_a_rerun_skips_finished_runs(tmp_path):
-    first = cli(tmp_path, "-m", "model.T=2,0")
+    # phi=inf fails during training (recorded); model.T=0 is rejected before it (not recorded)
+    sweep = ["-m", "loss=tet", "loss.phi=1.0,inf", "model.T=2,0"]
+    first = cli(tmp_path, *sweep)
     output = first.stdout + first.stderr
     assert first.returncode == 1, output
-    assert "model.T must be a positive integer, got 0" in output and "Traceback" not in output
+    assert "model.T must be a positive integer or null, got 0" in output
+    assert "Traceback" not in output and "training loss is inf" in output
+    assert output.strip().splitlines()[-1].endswith("got 0")
     runs = {doc["run_id"]: doc for doc in store.iter_runs(tmp_path / "cli")}
-    assert {doc["status"] for doc in runs.values()} == {"finished", "failed"}
+    assert sorted(doc["status"] for doc in runs.values()) == ["failed", "finished"]
+    assert not any("model.T=0" in path.name for path in (tmp_path / "cli").iterdir())
     finished = next(doc for doc in runs.values() if doc["status"] == "finished")
     assert finished["run_dir"] == finished["run_id"] and "model.T=2" in finished["run_id"]
     assert (tmp_path / "cli" / finished["run_id"] / "checkpoints" / "last.pt").exists()
 
-    again = cli(tmp_path, "-m", "model.T=2,0")
+    again = cli(tmp_path, *sweep)
     assert again.returncode == 1
     assert "finished before" in again.stdout + again.stderr
     assert store.read_run(tmp_path / "cli", finished["run_id"])["history"] == finished["history"]
@@ -46,12 +51,13 @@ def test_sweep_isolates_a_failing_job_and_a_rerun_skips_finished_runs(tmp_path):
     assert runs[finished["run_id"]]["invocation"] == finished["invocation"] != failed["invocation"]
 
     # the earlier commands' failure is still in the store, but not this command's
-    skipped = cli(tmp_path, "-m", "model.T=2")
+    skipped = cli(tmp_path, "-m", "loss=tet", "loss.phi=1.0", "model.T=2")
     assert skipped.returncode == 0, skipped.stdout + skipped.stderr
 
     single = cli(tmp_path, "dataset.img_size=30")
     assert single.returncode == 1
     assert "img_size 30 is not supported" in single.stdout + single.stderr
+    assert len(list(store.iter_runs(tmp_path / "cli"))) == 2
 
 
 @pytest.mark.slow

@@ -9,12 +9,12 @@ Two shapes of data, one interface (`TensorData`, `LoaderData`, in `splits`):
   Gesture): a DataLoader with workers decodes samples; event samples are ``[T, 2, 128, 128]``.
 
 A dataset that is missing raises `DataNotFoundError` with one message that says where to put
-it or how to fetch it.
+it or how to fetch it; `check_dataset` raises it before anything is built.
 """
 
 from ablations.data import events, images  # noqa: F401  (register the loaders)
 from ablations.data.images import synthetic_images
-from ablations.data.registry import DATASETS, build_dataset, list_datasets
+from ablations.data.registry import DATASETS, build_dataset, check_dataset, list_datasets
 from ablations.data.splits import LoaderData, TensorData
 from gradprobe.data import DataNotFoundError
 
@@ -24,6 +24,7 @@ __all__ = [
     "LoaderData",
     "TensorData",
     "build_dataset",
+    "check_dataset",
     "list_datasets",
     "synthetic_images",
 ]

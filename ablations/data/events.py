@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 from torch.utils.data import Dataset, Subset
 
 from ablations.data.augment import SNNAugmentWide
-from ablations.data.registry import DATASETS
+from ablations.data.registry import DATASETS, register_check
 from ablations.data.splits import LoaderData, limit_dataset
 from gradprobe.data import DataNotFoundError
 
@@ -58,13 +58,7 @@ def prepare_dvs_events(cls, root: Path, download: bool) -> None:
     here directly (into a temporary folder renamed on success). Without any of the three, the
     archive is downloaded only when the dataset allows it and ``download`` is true.
     """
-    raw, extract, archives = root / "events_np", root / "extract", root / "download"
-    marker = raw.with_name("events_np.building")
-    if marker.exists():
-        raise DataNotFoundError(
-            f"an earlier preparation of {root} stopped half-way: delete {marker} and "
-            f"{raw} (if present) and run again. {_dvs_hint(cls, root)}"
-        )
+    raw, extract = check_dvs_events(cls, root, download)
     if raw.is_dir():
         return
     if extract.is_dir():
@@ -74,9 +68,21 @@ def prepare_dvs_events(cls, root: Path, download: bool) -> None:
         cls.create_raw_from_extracted(extract, partial)
         partial.rename(raw)
         return
-    if archives.is_dir() or (download and cls.downloadable()):
-        root.mkdir(parents=True, exist_ok=True)
-        return  # spikingjelly checks (or downloads) the archives itself
+    root.mkdir(parents=True, exist_ok=True)  # spikingjelly checks (or downloads) the archives
+
+
+def check_dvs_events(cls, root: Path, download: bool) -> tuple[Path, Path]:
+    """Raise `DataNotFoundError` unless ``root`` holds ``events_np``, ``extract`` or
+    ``download`` (or the archives may be downloaded); returns the first two folders."""
+    raw, extract, archives = root / "events_np", root / "extract", root / "download"
+    marker = raw.with_name("events_np.building")
+    if marker.exists():
+        raise DataNotFoundError(
+            f"an earlier preparation of {root} stopped half-way: delete {marker} and "
+            f"{raw} (if present) and run again. {_dvs_hint(cls, root)}"
+        )
+    if raw.is_dir() or extract.is_dir() or archives.is_dir() or (download and cls.downloadable()):
+        return raw, extract
     raise DataNotFoundError(_dvs_hint(cls, root))
 
 
@@ -125,6 +131,20 @@ def _dvs_data(
     train = limit_dataset(_Transformed(train, transform), cfg.get("limit_train"))
     test = limit_dataset(_Transformed(test, None), cfg.get("limit_test"))
     return LoaderData(train, test, num_workers, seed, device)
+
+
+@register_check("cifar10_dvs")
+def _cifar10_dvs_present(cfg: DictConfig) -> None:
+    from spikingjelly.datasets import CIFAR10DVS
+
+    check_dvs_events(CIFAR10DVS, Path(cfg.root), bool(cfg.download))
+
+
+@register_check("dvs128_gesture")
+def _dvs128_gesture_present(cfg: DictConfig) -> None:
+    from spikingjelly.datasets import DVS128Gesture
+
+    check_dvs_events(DVS128Gesture, Path(cfg.root), bool(cfg.download))
 
 
 @DATASETS.register("cifar10_dvs")

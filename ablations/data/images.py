@@ -12,7 +12,7 @@ import torch
 from omegaconf import DictConfig
 
 from ablations.data.augment import loader_transforms
-from ablations.data.registry import DATASETS
+from ablations.data.registry import DATASETS, register_check
 from ablations.data.splits import SUBSET_SEED, Batch, LoaderData, TensorData, limit_dataset
 from gradprobe.data import DataNotFoundError, load_digits, load_image_folder
 
@@ -55,9 +55,14 @@ def _synthetic(cfg: DictConfig, *, device, seed, **_) -> TensorData:
     return TensorData.from_splits(cfg, train, test, device, seed)
 
 
+def _cifar_missing(cls, cfg: DictConfig) -> str:
+    root = Path(cfg.root)
+    return f"{cls.__name__} not found: expected {root / cls.base_folder}/ (the python version)."
+
+
 def _torchvision_cifar(cls, cfg: DictConfig) -> tuple[Batch, Batch]:
-    root, folder, url = Path(cfg.root), cls.base_folder, cls.url
-    where = f"{cls.__name__} not found: expected {root / folder}/ (the python version)."
+    root, url = Path(cfg.root), cls.url
+    where = _cifar_missing(cls, cfg)
     splits = []
     for train in (True, False):
         try:
@@ -75,6 +80,30 @@ def _torchvision_cifar(cls, cfg: DictConfig) -> tuple[Batch, Batch]:
     return splits[0], splits[1]
 
 
+def _check_cifar(cls, cfg: DictConfig) -> None:
+    """The archive's folder is there, or ``dataset.download`` will fetch it."""
+    root = Path(cfg.root)
+    if not cfg.download and not (root / cls.base_folder).is_dir():
+        raise DataNotFoundError(
+            f"{_cifar_missing(cls, cfg)} Run with dataset.download=true to fetch {cls.url}, or "
+            f"extract that archive into {root}/ (or set dataset.root / paths.data)."
+        )
+
+
+@register_check("cifar10")
+def _cifar10_present(cfg: DictConfig) -> None:
+    from torchvision.datasets import CIFAR10
+
+    _check_cifar(CIFAR10, cfg)
+
+
+@register_check("cifar100")
+def _cifar100_present(cfg: DictConfig) -> None:
+    from torchvision.datasets import CIFAR100
+
+    _check_cifar(CIFAR100, cfg)
+
+
 @DATASETS.register("cifar10")
 def _cifar10(cfg: DictConfig, *, device, seed, **_) -> TensorData:
     from torchvision.datasets import CIFAR10
@@ -89,7 +118,9 @@ def _cifar100(cfg: DictConfig, *, device, seed, **_) -> TensorData:
     return TensorData.from_splits(cfg, *_torchvision_cifar(CIFAR100, cfg), device, seed)
 
 
+@register_check("image_folder")
 def _split_dirs(cfg: DictConfig) -> tuple[Path, Path]:
+    """The train and test folders under ``dataset.root``; each must hold a class folder."""
     root = Path(cfg.root)
     train_dir, test_dir = root / cfg.train_dir, root / cfg.test_dir
     for folder in (train_dir, test_dir):
@@ -98,6 +129,10 @@ def _split_dirs(cfg: DictConfig) -> tuple[Path, Path]:
                 f"image folder {folder} not found: put the dataset under {root}/ as "
                 f"{cfg.train_dir}/<class>/<image> and {cfg.test_dir}/<class>/<image> "
                 f"(or set dataset.root / paths.data)"
+            )
+        if not any(p.is_dir() for p in folder.iterdir()):
+            raise DataNotFoundError(
+                f"image folder {folder} has no class folders: expected {folder}/<class>/<image>"
             )
     return train_dir, test_dir
 

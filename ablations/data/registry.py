@@ -1,4 +1,8 @@
-"""The registry of dataset loaders: ``dataset.loader`` names one, `build_dataset` calls it."""
+"""The registry of dataset loaders: ``dataset.loader`` names one, `build_dataset` calls it.
+
+A loader that reads files also registers a presence check (`register_check`), which
+`check_dataset` runs before anything is built: it looks for the folders the loader will read
+without reading them, and raises the loader's own `DataNotFoundError`."""
 
 from __future__ import annotations
 
@@ -11,6 +15,26 @@ from ablations.data.splits import LoaderData, TensorData
 from gradprobe.registry import Registry
 
 DATASETS: Registry[Callable[..., TensorData | LoaderData]] = Registry("dataset loader")
+_CHECKS: dict[str, Callable[[DictConfig], None]] = {}
+
+
+def register_check(loader: str) -> Callable:
+    """Decorator registering ``fn(cfg)``, which raises `DataNotFoundError` when the data of
+    loader ``loader`` is neither on disk nor downloadable (cheap: no file is read)."""
+
+    def wrap(fn: Callable[[DictConfig], None]) -> Callable[[DictConfig], None]:
+        _CHECKS[loader] = fn
+        return fn
+
+    return wrap
+
+
+def check_dataset(cfg: DictConfig) -> None:
+    """Raise `DataNotFoundError` when the dataset ``cfg`` (the ``dataset`` group) names is not
+    where it says and will not be downloaded; datasets in memory (digits, synthetic) pass."""
+    check = _CHECKS.get(str(cfg.loader))
+    if check is not None:
+        check(cfg)
 
 
 def build_dataset(

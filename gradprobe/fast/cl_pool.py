@@ -39,6 +39,7 @@ _KERNELS = KernelSet(
     "max-pools run ATen's NCHW kernel",
     {"to_channels_last": _to_channels_last, "to_contiguous": _to_contiguous},
     dynamic=True,
+    build_time="~5 s the first time on a machine, under 1 s from its disk cache",
 )
 
 

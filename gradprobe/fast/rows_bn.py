@@ -45,6 +45,7 @@ _KERNELS = KernelSet(
     "callers go back to ATen's kernel on the transposed view",
     {"var_sum": _var_sum, "normalise": _normalise},
     options={"var_sum": {"cpp.threads": 1}},
+    build_time="~3 s the first time on a machine, under 1 s from its disk cache",
 )
 
 

@@ -8,6 +8,21 @@ from torch import nn
 from gradprobe.downsample import DownsampleSite
 
 
+def check_sizes(owner: str, *, at_least: int = 1, **sizes: object) -> None:
+    """Raise ``ValueError`` naming the first of ``sizes`` that is not an integer >= ``at_least``
+    (a zero or negative width would only fail later, inside a layer, without its name).
+
+    Example:
+        >>> check_sizes("Spikformer", embed_dim=0)
+        Traceback (most recent call last):
+        ...
+        ValueError: Spikformer: embed_dim must be an integer >= 1, got 0
+    """
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < at_least:
+            raise ValueError(f"{owner}: {name} must be an integer >= {at_least}, got {value!r}")
+
+
 class SpikingClassifier(nn.Module):
     """Base class of the backbones: input handling over T and the per-timestep output.
 

@@ -29,7 +29,7 @@ from torch import nn
 
 from gradprobe.downsample import ConvBN, ConvBNLIF, PoolSpec, build_downsample, check_sequence
 from gradprobe.models import register_model
-from gradprobe.models.base import SpikingClassifier
+from gradprobe.models.base import SpikingClassifier, check_sizes
 from gradprobe.neuron import NeuronConfig, make_neuron
 
 #: TET's LIF in spikingjelly terms (see the module docstring).
@@ -104,6 +104,8 @@ class SpikingResNet19(SpikingClassifier):
         pool: PoolSpec | None = None,
     ) -> None:
         super().__init__()
+        blocks = {f"layers[{i}]": n for i, n in enumerate(layers)}
+        check_sizes("SpikingResNet19", width=width, fc_hidden=fc_hidden, **blocks)
         self.downsample, self.T, self.in_channels = downsample, int(T), int(in_channels)
         self.img_size, self.num_classes = int(img_size), int(num_classes)
         if self.img_size < 4 or self.img_size % 4:

@@ -35,7 +35,7 @@ from torch import nn
 
 from gradprobe.downsample import ConvBNLIF, PoolSpec, build_downsample, check_sequence
 from gradprobe.models import register_model
-from gradprobe.models.base import SpikingClassifier
+from gradprobe.models.base import SpikingClassifier, check_sizes
 from gradprobe.models.layers import init_transformer_weights
 from gradprobe.neuron import NeuronConfig, make_neuron
 
@@ -231,6 +231,8 @@ class Spikeformer(SpikingClassifier):
         self.img_size = int(pick(img_size, "img_size"))
         self.num_classes = int(pick(num_classes, "num_classes"))
         dim = int(pick(embed_dim, "embed_dim"))
+        check_sizes("Spikeformer", num_heads=pick(num_heads, "num_heads"))
+        check_sizes("Spikeformer", at_least=0, depth=pick(depth, "depth"))
         self.neuron = neuron or NeuronConfig(kind="plif")
         if tau is not None:
             self.neuron = self.neuron.replace(tau=float(tau))

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from gradprobe.downsample import ConvBNLIF, PoolSpec, build_downsample
+from gradprobe.models.base import check_sizes
 from gradprobe.models.layers import (
     PointwiseKind,
     SpikingMLP,
@@ -165,6 +166,9 @@ class RecipeTransformer(SpikingTransformer):
         pool: PoolSpec | None = None,
     ) -> None:
         super().__init__()
+        owner = type(self).__name__
+        check_sizes(owner, embed_dim=embed_dim, num_heads=num_heads, mlp_ratio=mlp_ratio)
+        check_sizes(owner, at_least=0, depth=depth)
         recipe = self.recipe
         spec = get_form(form)
         self._set_input(
