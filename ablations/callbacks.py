@@ -40,6 +40,7 @@ class ExitStatus(Callback):
 
     failed: list[str] = []  # noqa: RUF012 - shared with main() in this process
     rejected: dict[str, str] = {}  # noqa: RUF012 - run id -> why, shared with train() and main()
+    skipped: list[str] = []  # noqa: RUF012 - runs another process was training (not a failure)
     invocation: str | None = None
 
     @staticmethod
@@ -91,3 +92,11 @@ class ExitStatus(Callback):
             lines += [f"{len(ExitStatus.rejected)} run(s) rejected before training (not recorded):"]
             lines += [f"  {run_id}: {why}" for run_id, why in ExitStatus.rejected.items()]
         return lines
+
+    @staticmethod
+    def notes() -> list[str]:
+        """Lines `main` prints at the end that do not make the command fail."""
+        if not ExitStatus.skipped:
+            return []
+        head = f"{len(ExitStatus.skipped)} run(s) skipped: another process was training them"
+        return [head, *(f"  {run_id}" for run_id in ExitStatus.skipped)]

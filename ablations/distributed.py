@@ -19,7 +19,7 @@ leave hanging:
 
 1. a rank that raises (`Dist.fail`) posts ``rank <r>: <error>`` to the store unless another rank
    posted first (``compare_set``: the first error is the cause, later ones are its echoes), then
-   leaves the process group at once. Over gloo its peers' pending collective then fails within
+   aborts the process group at once (its connections close). Over gloo its peers' pending collective then fails within
    seconds ("connection closed by peer"); over NCCL within the timeout (NCCL's watchdog);
 2. those peers raise in turn and call `Dist.fail`, which hands them the first error;
 3. rank 0 records the first error in the results store; in `Dist.close` it waits (at most the
@@ -39,7 +39,10 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-from dataclasses import dataclass
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 import torch
@@ -52,6 +55,8 @@ from ablations.checks import ConfigError
 log = logging.getLogger(__name__)
 #: What a store operation raises when the store or a peer is gone (DistError is a RuntimeError).
 STORE_ERRORS = (RuntimeError, OSError)
+#: Seconds a rank that hears of another's failure leaves its own collective to fail first.
+GRACE_S = 5.0
 
 
 @dataclass
@@ -65,7 +70,10 @@ class Dist:
     timeout_s: float = 600.0
     store: torch_dist.Store | None = None  # the job's rendezvous store (DDP only)
     key: str = ""  # this run's prefix in the store
-    failed: bool = False  # this rank called `fail`
+    failed: bool = False  # this rank called `fail`, or its watchdog ends it
+    _ending: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _stop: threading.Event = field(default_factory=threading.Event, repr=False)
+    _watchdog_thread: threading.Thread | None = field(default=None, repr=False)
 
     @property
     def is_main(self) -> bool:
@@ -110,6 +118,58 @@ class Dist:
         dist.key = f"gradprobe/{dist.broadcast(secrets.token_hex(8))}/"  # one run's messages
         return dist
 
+    def watch(self, on_peer_failure: Callable[[str], None]) -> None:
+        """End this process if another rank fails while this one is stuck at a collective.
+
+        A collective whose peer is gone does not always fail: a gloo broadcast's root, for one,
+        waits for the whole timeout. So a watchdog thread waits for the job's first error in the
+        store; ``GRACE_S`` after it appears, if this rank has neither failed by itself nor
+        closed, rank 0 calls ``on_peer_failure(first error)`` (record it, release the run's
+        lock), posts ``closed``, and the process exits with status 1.
+        """
+        if not self.initialized or self.world == 1:
+            return
+        self._watchdog_thread = threading.Thread(
+            target=self._watchdog, args=(on_peer_failure,), name="ddp-watchdog", daemon=True
+        )
+        self._watchdog_thread.start()
+
+    def _watchdog(self, on_peer_failure: Callable[[str], None]) -> None:
+        host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+        try:  # a client of its own: the main thread may be inside a call to the other one
+            store = torch_dist.TCPStore(host, port, is_master=False, wait_for_workers=False)
+        except STORE_ERRORS:
+            return
+        error = self.key + "error"
+        while not self._stop.wait(0.5):  # polled: a blocking wait could outlive the process
+            if self.failed:
+                return
+            try:
+                if store.check([error]):
+                    break
+            except STORE_ERRORS:
+                return  # the store is gone: so is the job
+        else:
+            return  # closed
+        if self._stop.wait(GRACE_S):
+            return
+        with self._ending:
+            if self.failed or not self.initialized:
+                return
+            self.failed = True
+        try:
+            first = store.get(error).decode()
+            log.error("%s; rank %d was waiting for it at a collective: ending", first, self.rank)
+            if self.is_main:
+                on_peer_failure(first)
+                store.set(f"{self.key}done/{self.rank}", "failed")
+                store.set(self.key + "closed", "recorded")
+        except Exception:
+            log.exception("rank %d could not record the job's failure", self.rank)
+        finally:
+            logging.shutdown()
+            os._exit(1)
+
     def wrap(self, module: nn.Module, device: torch.device) -> nn.Module:
         """``module`` on ``device``, inside DistributedDataParallel when there are several ranks."""
         module = module.to(device)
@@ -141,13 +201,17 @@ class Dist:
         """
         if not self.initialized:
             return message
-        self.failed, mine = True, f"rank {self.rank}: {message}"
+        with self._ending:
+            if self.failed:  # the watchdog is ending this process (`watch`)
+                threading.Event().wait()
+            self.failed = True
+        mine = f"rank {self.rank}: {message}"
         try:
             first = self.store.compare_set(self.key + "error", "", mine).decode()
             self.store.set(f"{self.key}done/{self.rank}", "failed")
         except STORE_ERRORS:
             first = mine
-        self._leave()  # no barrier: the others' pending collective fails instead of hanging
+        self._leave(abort=True)  # the others' pending collective fails instead of hanging
         if self.is_main:
             return first
         return None if self._closed() == "recorded" else first
@@ -156,6 +220,9 @@ class Dist:
         """Leave the job: rank 0 once every rank is done, the others once rank 0 has closed."""
         if not self.initialized:
             return
+        self._stop.set()
+        if self._watchdog_thread is not None:
+            self._watchdog_thread.join()
         if not self.failed:
             self._post(f"{self.key}done/{self.rank}", "finished")
         if self.is_main:
@@ -184,6 +251,16 @@ class Dist:
         except STORE_ERRORS:
             return None
 
-    def _leave(self) -> None:
-        if torch_dist.is_initialized():
+    def _leave(self, abort: bool = False) -> None:
+        """Leave the process group; ``abort`` closes its connections now.
+
+        Destroying the group leaves its connections open while a module (DDP's reducer) still
+        refers to it, so a peer blocked in a collective would wait for the whole timeout; aborting
+        closes them, and over gloo the peer's collective fails within about a second.
+        """
+        if not torch_dist.is_initialized():
+            return
+        if abort and hasattr(torch_dist.distributed_c10d, "_abort_process_group"):
+            torch_dist.distributed_c10d._abort_process_group()
+        else:
             torch_dist.destroy_process_group()

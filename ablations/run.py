@@ -160,6 +160,7 @@ def run_job(cfg: DictConfig, run_dir: Path, sweep_dir: Path, job_num: int = 0) -
         lock = RunLock(run_dir / LOCK_NAME, lease_s=cfg.trainer.lock_lease_s)
         if skip := claim(lock, record, cfg.trainer, dist):
             return skip
+        dist.watch(lambda first, lock=lock: (record.fail(first), lock.release()))
         return train_and_record(cfg, record, dist, job_num, T)
     except REJECTED as err:
         if lock is not None:  # so that `reject` finds the folder as Hydra made it

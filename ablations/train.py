@@ -57,6 +57,8 @@ def train(cfg: DictConfig) -> str:
         status = run_job(cfg, run_dir, run_dir.parent, job_num=job_num)
     if status == "rejected":
         ExitStatus.rejected.setdefault(run_dir.name, REJECTIONS[run_dir.name])
+    elif status == "skipped":
+        ExitStatus.skipped.append(run_dir.name)
     return status
 
 
@@ -85,7 +87,9 @@ def main() -> None:
     """Run the Hydra app; exit with status 1 when a run of this invocation failed or was rejected."""
     with hydra_errors():
         train()
-    lines = ExitStatus.summary()
+    notes, lines = ExitStatus.notes(), ExitStatus.summary()
+    if notes:
+        print(*notes, sep="\n", file=sys.stderr)
     if lines:
         print(*lines, sep="\n", file=sys.stderr)
         sys.exit(1)
