@@ -26,6 +26,7 @@ from spikingjelly.activation_based.neuron import BaseNode
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from gradprobe.pooling import pool_routing
 from gradprobe.probe.records import SiteCall, SiteRecord, to_frame
 from gradprobe.probe.sites import Site, find_sites, misread
 from gradprobe.probe.windows import PoolGeometry, pool_layout, routed_windows, spike_rate
@@ -257,7 +258,8 @@ class Probe:
             if not y.requires_grad:  # e.g. run under torch.no_grad: routes nothing to x
                 call.release()
                 return None
-            call.measure(PoolGeometry.of(module), args[0].detach())
+            rule, decides = pool_routing(module, args)  # the pool's own rule, or PyTorch's
+            call.measure(PoolGeometry.of(module), decides.detach(), rule)
             y_down = y.clone()
             if site in self._unchecked:  # the neuron is checked against it
                 call.y_alias = y_down.detach()

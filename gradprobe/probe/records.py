@@ -118,14 +118,19 @@ class SiteCall:
         self.x = self.x_alias = self.spikes_alias = self.y_alias = None
         self.maps.clear()
 
-    def measure(self, geometry: PoolGeometry, pooled: torch.Tensor) -> None:
-        """Run the window analysis on what the pool read (``pooled``, detached)."""
+    def measure(
+        self, geometry: PoolGeometry, pooled: torch.Tensor, rule: str = "first_max"
+    ) -> None:
+        """Run the window analysis on the map that decides the routing (``pooled``, detached:
+        what the pool read, or its guide) under the pool's ``rule`` (`pool_routing`)."""
         flat = flatten_maps(pooled)
-        # Which map the pool read is told by memory: x itself (eq. (11)), or the spikes.
+        # Which map decides is told by memory: x itself (eq. (11)), or the spikes, or another.
         reads_x = _same_memory(flat, self.x_alias)
         binary = self.binary and _same_memory(flat, self.spikes_alias)
         self.x_alias = self.spikes_alias = None
-        self.windows = measure_windows(self.x, geometry, None if reads_x else flat, binary=binary)
+        self.windows = measure_windows(
+            self.x, geometry, None if reads_x else flat, binary=binary, split=rule == "split"
+        )
         if self.keep_maps:
             self.maps.update(self.windows.maps())
             self.maps["pooled"] = pooled.clone()

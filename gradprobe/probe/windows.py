@@ -23,53 +23,15 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-Pair = tuple[int, int]
-
-
-def _pair(v: int | tuple[int, ...]) -> Pair:
-    return (v, v) if isinstance(v, int) else tuple(v)
-
-
-@dataclass(frozen=True)
-class PoolGeometry:
-    """What a 2-D pool does to a map: its kind and its window geometry.
-
-    Attributes:
-        kind: ``"max"`` or ``"avg"``.
-        kernel_size, stride, padding, dilation: Per axis (H, W).
-        ceil_mode: PyTorch's ceil mode of the output size.
-    """
-
-    kind: str
-    kernel_size: Pair
-    stride: Pair
-    padding: Pair = (0, 0)
-    dilation: Pair = (1, 1)
-    ceil_mode: bool = False
-
-    @classmethod
-    def of(cls, pool: nn.Module) -> PoolGeometry:
-        """The geometry of an ``nn.MaxPool2d`` or ``nn.AvgPool2d`` (or a subclass).
-
-        Example:
-            >>> PoolGeometry.of(nn.MaxPool2d(3, 2, 1)).stride
-            (2, 2)
-        """
-        stride = pool.stride if pool.stride is not None else pool.kernel_size
-        return cls(
-            "max" if isinstance(pool, nn.MaxPool2d) else "avg",
-            _pair(pool.kernel_size),
-            _pair(stride),
-            _pair(pool.padding),
-            _pair(getattr(pool, "dilation", 1)),
-            pool.ceil_mode,
-        )
-
-    @property
-    def is_max(self) -> bool:
-        return self.kind == "max"
+from gradprobe.pooling import (  # noqa: F401  (PoolGeometry and first_max_indices: re-exported)
+    Pair,
+    PoolGeometry,
+    first_max_indices,
+    max_counts,
+    real_positions,
+    window_taps,
+)
 
 
 def flatten_maps(t: torch.Tensor) -> torch.Tensor:
@@ -89,61 +51,12 @@ def pool_layout(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous(memory_format=torch.channels_last) if t.device.type == "cpu" else t
 
 
-def first_max_indices(m: torch.Tensor, geometry: PoolGeometry) -> torch.Tensor:
-    """Per window, the flat index of its first maximum in window (row-major) order: where a
-    max-pool's backward sends the window's gradient (PyTorch's tie rule)."""
-    k, s, p, d = geometry.kernel_size, geometry.stride, geometry.padding, geometry.dilation
-    return F.max_pool2d(m, k, s, p, d, ceil_mode=geometry.ceil_mode, return_indices=True)[1]
-
-
 def spike_counts(spikes: torch.Tensor, geometry: PoolGeometry) -> torch.Tensor:
     """Spikes per window (a sum pool; padding adds nothing)."""
     k, s, p = geometry.kernel_size, geometry.stride, geometry.padding
     return F.avg_pool2d(
         spikes, k, s, p, ceil_mode=geometry.ceil_mode, count_include_pad=True, divisor_override=1
     )
-
-
-def _tap_ranges(n_in: int, n_out: int, k: int, s: int, p: int, d: int) -> list[tuple[slice, slice]]:
-    """Per kernel tap along one axis: (output windows whose tap is inside the map, input slice)."""
-    ranges = []
-    for a in range(k):
-        offset = a * d - p  # input index of the tap in window i is i * s + offset
-        first = max(0, (s - 1 - offset) // s)
-        last = min(n_out, (n_in - 1 - offset) // s + 1)
-        if last <= first:
-            ranges.append((slice(0, 0), slice(0, 0)))
-            continue
-        start = first * s + offset
-        ranges.append((slice(first, last), slice(start, start + (last - first - 1) * s + 1, s)))
-    return ranges
-
-
-@functools.lru_cache(maxsize=64)
-def _taps(geometry: PoolGeometry, in_hw: Pair, out_hw: Pair) -> tuple[list, torch.Tensor]:
-    """Every window tap as (output rows, output cols, input rows, input cols) slices, and the
-    number of real (non-padding) positions per window ``[Ho, Wo]``. Padding is never built."""
-    k, s, p, d = geometry.kernel_size, geometry.stride, geometry.padding, geometry.dilation
-    rows = _tap_ranges(in_hw[0], out_hw[0], k[0], s[0], p[0], d[0])
-    cols = _tap_ranges(in_hw[1], out_hw[1], k[1], s[1], p[1], d[1])
-    taps = [(ro, co, ri, ci) for ro, ri in rows for co, ci in cols]
-    real_rows = torch.zeros(out_hw[0], dtype=torch.float64)
-    real_cols = torch.zeros(out_hw[1], dtype=torch.float64)
-    for ro, _ in rows:
-        real_rows[ro] += 1
-    for co, _ in cols:
-        real_cols[co] += 1
-    return taps, real_rows[:, None] * real_cols[None, :]
-
-
-def real_positions(geometry: PoolGeometry, in_hw: Pair, out_hw: Pair) -> torch.Tensor:
-    """Real (non-padding) positions per window, ``float64 [Ho, Wo]`` on the CPU.
-
-    Example:
-        >>> real_positions(PoolGeometry("avg", (3, 3), (2, 2), (1, 1)), (4, 4), (2, 2)).tolist()
-        [[4.0, 6.0], [6.0, 9.0]]
-    """
-    return _taps(geometry, in_hw, out_hw)[1]
 
 
 def _pool_out(n: int, k: int, s: int, p: int, d: int, ceil: bool) -> int:
@@ -198,13 +111,7 @@ def ties(m: torch.Tensor, first: torch.Tensor, geometry: PoolGeometry) -> torch.
 def _tap_ties(m: torch.Tensor, first: torch.Tensor, geometry: PoolGeometry) -> torch.Tensor:
     """`ties` for geometries `_mirrored` cannot express: count equal taps, slice by slice."""
     values = m.flatten(-2).gather(-1, first.flatten(-2)).view(first.shape)
-    taps, _ = _taps(geometry, tuple(m.shape[-2:]), tuple(first.shape[-2:]))
-    count = torch.zeros(first.shape, dtype=torch.int16, device=first.device)
-    equal = torch.empty(first.shape, dtype=torch.bool, device=first.device)
-    for ro, co, ri, ci in taps:
-        torch.eq(m[..., ri, ci], values[..., ro, co], out=equal[..., ro, co])
-        count[..., ro, co] += equal[..., ro, co]
-    return count > 1
+    return max_counts(m, values, geometry) > 1
 
 
 @dataclass(frozen=True)
@@ -220,6 +127,9 @@ class Windows:
         hit: ``landing == argmax`` (max pools), else ``None``.
         share: Average pools: share of a window's gradient at each real position, ``float64
             [Ho, Wo]`` (``1 / n_real``), else ``None``.
+        mass: Pools that split a window's gradient over its maxima: the share at the argmax of
+            x, per window, ``float64`` (``1 / count`` where x's argmax holds the maximum of the
+            map pooled, else 0); ``None`` otherwise.
     """
 
     argmax: torch.Tensor
@@ -227,12 +137,16 @@ class Windows:
     tie: torch.Tensor
     hit: torch.Tensor | None = None
     share: torch.Tensor | None = None
+    mass: torch.Tensor | None = None
 
     def maps(self) -> dict[str, torch.Tensor]:
         """``landing`` (-1 without a single landing), ``argmax``, ``tie``, and ``mass``: the
         share of the window's gradient at its argmax of x (float64)."""
         landing = self.landing if self.landing is not None else torch.full_like(self.argmax, -1)
-        mass = self.hit.double() if self.hit is not None else self.share.expand_as(self.argmax)
+        if self.hit is not None:
+            mass = self.hit.double()
+        else:
+            mass = self.mass if self.mass is not None else self.share.expand_as(self.argmax)
         return {"landing": landing, "argmax": self.argmax, "tie": self.tie, "mass": mass}
 
 
@@ -242,6 +156,7 @@ def measure_windows(
     pooled: torch.Tensor | None = None,
     *,
     binary: bool = False,
+    split: bool = False,
 ) -> Windows:
     """Landing, argmax of x and ties of every window of one pool call.
 
@@ -253,6 +168,10 @@ def measure_windows(
             lands on the argmax of x, eq. (11). Average pools land everywhere: ignored.
         binary: ``pooled`` holds exactly 0 and 1 (a Heaviside neuron's spikes): a tie is then
             several spikes in the window, or none in a window of two or more positions.
+        split: The max-pool splits each window's gradient in equal shares over the positions
+            holding its maximum of ``pooled`` (or of x) instead of landing on one
+            (`gradprobe.pooling.RoutedMaxPool2d`): no landing, precision NaN, and the mass at
+            the argmax of x is its share.
 
     Returns:
         The `Windows` of the call.
@@ -266,6 +185,8 @@ def measure_windows(
     """
     x = pool_layout(x)
     argmax = first_max_indices(x, geometry)  # first index on exact ties, as the pool's backward
+    if split and geometry.is_max:
+        return _split_windows(x, argmax, geometry, x if pooled is None else pool_layout(pooled))
     hit = share = None
     if geometry.is_max and pooled is not None:  # eq. (7): the pool routes to its maximum there
         seen = pool_layout(pooled)
@@ -284,6 +205,24 @@ def measure_windows(
     elif not geometry.is_max:
         share = (1.0 / n_real).to(argmax.device)  # float64: 1/9 stays 1/9
     return Windows(argmax, landing, tie, hit, share)
+
+
+def _split_windows(
+    x: torch.Tensor, argmax: torch.Tensor, geometry: PoolGeometry, seen: torch.Tensor
+) -> Windows:
+    """`measure_windows` of a max-pool that splits each window's gradient over its maxima."""
+    top = F.max_pool2d(
+        seen,
+        geometry.kernel_size,
+        geometry.stride,
+        geometry.padding,
+        geometry.dilation,
+        ceil_mode=geometry.ceil_mode,
+    )
+    count = max_counts(seen, top, geometry)
+    at_argmax = seen.flatten(-2).gather(-1, argmax.flatten(-2)).view(top.shape) == top
+    mass = at_argmax.double() / count.double()
+    return Windows(argmax, None, count > 1, mass=mass)
 
 
 @dataclass(frozen=True)
@@ -337,6 +276,9 @@ def window_metrics(windows: Windows, routed: torch.Tensor | None, T: int) -> Win
     if windows.hit is not None:
         precision = (per_timestep(windows.hit, T) & routed).sum(1) / denom
         mass = precision
+    elif windows.mass is not None:  # split over the maxima: no landing, a share per window
+        precision = nan
+        mass = (per_timestep(windows.mass, T) * routed).sum(1) / denom
     else:
         precision = nan
         # the share depends on the window's place only: count routed windows per place
