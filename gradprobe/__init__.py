@@ -6,8 +6,8 @@ back through this file.
 
 Example:
     >>> import gradprobe
-    >>> gradprobe.list_downsamples()
-    ['avgpool_lif', 'lif_maxpool', 'maxpool_lif', 'strided_conv']
+    >>> gradprobe.list_downsamples("*_lif")
+    ['avgpool_lif', 'maxpool_lif']
 """
 
 from __future__ import annotations

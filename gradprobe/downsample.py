@@ -124,6 +124,9 @@ class DownsampleSite(ConvBN):
     """
 
     variant: str = ""
+    #: The variant whose forward pass this one computes bit for bit (`forward_of`); ``None``:
+    #: its own.
+    forward_as: str | None = None
 
     def __init__(
         self,
@@ -237,10 +240,21 @@ def list_downsamples(pattern: str = "*") -> list[str]:
     """Registered variant names matching a shell-style pattern.
 
     Example:
-        >>> list_downsamples()
-        ['avgpool_lif', 'lif_maxpool', 'maxpool_lif', 'strided_conv']
+        >>> list_downsamples("*_lif")
+        ['avgpool_lif', 'maxpool_lif']
     """
     return DOWNSAMPLES.names(pattern)
+
+
+def forward_of(name: str) -> str:
+    """The variant whose forward pass ``name`` computes: ``name`` itself unless its builder
+    declares ``forward_as`` (a variant that changes the backward only).
+
+    Example:
+        >>> forward_of("maxpool_lif")
+        'maxpool_lif'
+    """
+    return getattr(DOWNSAMPLES.get(name), "forward_as", None) or name
 
 
 def register_downsample(name: str, *, label: str | None = None) -> Callable:
@@ -268,3 +282,7 @@ def register_downsample(name: str, *, label: str | None = None) -> Callable:
         return builder
 
     return wrap
+
+
+# The variants beyond the paper's four register themselves (one module each).
+import gradprobe.variants  # noqa: E402, F401

@@ -12,6 +12,7 @@ from ablations.configs import run_id_from_overrides
 from ablations.data import list_datasets
 from ablations.losses import LOSSES
 from gradprobe.downsample import list_downsamples
+from gradprobe.labels import BUILTIN_ORDER
 from gradprobe.models import list_models
 
 CONF = Path(ablations.configs.__file__).parent / "conf"
@@ -119,7 +120,7 @@ def test_every_experiment_composes_and_passes_checks(experiment):
 
 def test_quickstart_sweeps_the_four_variants():
     cfg = compose_cfg("experiment=quickstart", hydra=True)
-    assert sorted(cfg.hydra.sweeper.params.downsample.split(",")) == list_downsamples()
+    assert sorted(cfg.hydra.sweeper.params.downsample.split(",")) == sorted(BUILTIN_ORDER)
     assert cfg.dataset.loader == "digits" and cfg.probe.name == "landing"
 
 

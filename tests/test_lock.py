@@ -219,7 +219,5 @@ def test_the_lock_is_released_on_every_exit(tmp_path, monkeypatch):
 
 
 def test_the_lease_is_checked():
-    with pytest.raises(
-        ConfigError, match=r"trainer.lock_lease_s must be a positive number, got 0"
-    ):
+    with pytest.raises(ConfigError, match=r"trainer.lock_lease_s must be a positive number, got 0"):
         check_config(config("trainer.lock_lease_s=0"))

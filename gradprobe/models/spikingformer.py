@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import torch
 
-from gradprobe.downsample import ConvBN
+from gradprobe.downsample import ConvBN, forward_of
 from gradprobe.models import register_model
 from gradprobe.models.layers import FORMS
 from gradprobe.models.transformer import Pointwise, Recipe, RecipeTransformer, Stem
@@ -55,7 +55,7 @@ def default_tau(form: str, downsample: str) -> tuple[float, str]:
     """
     if form != "dvs":
         return 2.0, "Spikingformer reference"
-    if downsample == "maxpool_lif":
+    if forward_of(downsample) == "maxpool_lif":  # and its backward-only ablations
         return CML_DVS_TAU, f"CML-Spikingformer DVS reference: {_FOLLOWS}"
     return DVS_TAU, f"Spikingformer DVS reference: {_FOLLOWS}"
 
