@@ -16,6 +16,7 @@ from gradprobe.cost import (
     count_parameters,
     synaptic_mac_counter,
 )
+from gradprobe.downsample import forward_of
 from gradprobe.models import create_model
 
 TINY_CIFAR = dict(embed_dim=16, num_heads=2, depth=1, img_size=16, T=2)
@@ -29,9 +30,10 @@ def test_cml_site_neurons_are_a_quarter_of_the_baseline(name) -> None:
     assert sites.loc[("lif_maxpool", "stem.stages.stage3"), "lif_neurons"] == 8 * 16 * 16
     assert sites.loc[("maxpool_lif", "stem.stages.stage3"), "lif_neurons"] == 8 * 8 * 8
     ratio = report[report.scope == "all sites"].set_index("downsample")["lif_ratio"]
-    assert ratio.to_dict() == {
-        "avgpool_lif": 0.25, "lif_maxpool": 1.0, "maxpool_lif": 0.25, "strided_conv": 0.25,
-    }  # fmt: skip
+    paper = {"avgpool_lif": 0.25, "lif_maxpool": 1.0, "maxpool_lif": 0.25, "strided_conv": 0.25}
+    assert {v: ratio[v] for v in paper} == paper
+    # a variant that changes the backward only has the neurons of the variant it computes
+    assert {v: ratio[v] for v in ratio.index} == {v: paper[forward_of(v)] for v in ratio.index}
     # only the sites change: every other neuron count is equal across variants
     model = report[report.scope == "model"].set_index("downsample")["lif_neurons"]
     site_total = report[report.scope == "all sites"].set_index("downsample")["lif_neurons"]
