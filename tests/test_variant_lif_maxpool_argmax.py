@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from routing_check import (
     GEOMETRIES,
     first_max,
