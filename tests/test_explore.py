@@ -9,7 +9,7 @@ import torch
 
 from gradprobe import theory
 from gradprobe.data import DIGITS_CLASSES
-from gradprobe.downsample import build_downsample
+from gradprobe.downsample import build_downsample, forward_of
 from gradprobe.explore import (
     data_root,
     example_images,
@@ -122,7 +122,8 @@ def test_site_report_merges_probe_and_cost():
     table = site_report("sps_tokenizer_cifar", images, labels, T=2, embed_dim=16, img_size=8)
     assert len(table) == 2 * len(variants())
     assert set(table["model"]) == {"sps_tokenizer_cifar"}
-    assert (table.query("variant != 'lif_maxpool'")["lif_ratio"] == 0.25).all()
+    baseline_neurons = table["variant"].map(forward_of) == "lif_maxpool"
+    assert (table["lif_ratio"] == baseline_neurons.map({True: 1.0, False: 0.25})).all()
     assert (table.query("variant == 'maxpool_lif'")["precision"] == 1.0).all()
     assert table["lif_neurons"].notna().all()
 
