@@ -103,3 +103,14 @@ def precision(variant: str, spec: PoolSpec, images: torch.Tensor, seed: int = 0)
         site(images).sum().backward()
     functional.reset_net(site)
     return probe.to_frame()["precision"].tolist()
+
+
+def forward_is_twins(variant: str, twin: str, spec: PoolSpec) -> bool:
+    """Same initial weights, and bit for bit the same spikes and output as ``twin``."""
+    _, mine, out = site_pass(variant, spec)
+    _, theirs, reference = site_pass(twin, spec)
+    return (
+        same_initial_weights(variant, twin)
+        and torch.equal(out, reference)
+        and torch.equal(mine["spikes"], theirs["spikes"])
+    )
